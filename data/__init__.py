@@ -1,0 +1,79 @@
+"""Data pipeline: index (audio_dataset.csv) -> splits -> cached whole-track spectrograms -> datasets.
+
+``prepare_data`` is the one entry point used by train.py and evaluate.py.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from data.cache import FeatureCache
+from data.features import LogMel
+from data.index import DataError, Index, find_data_root, load_or_build_index, read_index, warn_skipped
+from data.splits import label_names as sorted_label_names
+from data.splits import make_splits
+
+
+@dataclass
+class PreparedData:
+    """Splits ready for datasets: each DataFrame has ``path``, ``label``, ``y`` (class id) and ``entry``
+    (the cache file). ``unusable`` lists (path, reason) for files dropped while indexing or decoding."""
+    data_root: Path
+    index: Index
+    splits: dict[str, pd.DataFrame]
+    label_names: list[str]
+    cache: FeatureCache
+    unusable: list = field(default_factory=list)
+
+
+def prepare_data(cfg: dict, logmel: LogMel, is_main: bool = True, barrier=lambda: None,
+                 label_names: list[str] | None = None, num_workers: int = 0, show_progress: bool = True) -> PreparedData:
+    """Index ``cfg["data_root"]``, split it, and cache every clip's spectrogram.
+
+    Rank 0 (``is_main``) writes the index and fills the cache while the other ranks wait at ``barrier``;
+    then every rank reads them. ``label_names`` (from a checkpoint) fixes the class ids; a label in the data
+    that it does not contain is an error.
+
+    Raises:
+        DataError: no data, one class, an empty split, every clip of a split unusable, unknown labels.
+    """
+    data_root = find_data_root(cfg["data_root"])
+    csv_path = Path(cfg["csv_path"])
+    if is_main:
+        index = load_or_build_index(data_root, csv_path, cfg["rebuild_index"], show_progress)
+    barrier()
+    if not is_main:
+        index = read_index(csv_path)
+    names = list(label_names) if label_names is not None else sorted_label_names(index.df.label)
+    unknown = sorted(set(index.df.label) - set(names))
+    if unknown:
+        raise DataError(f"label(s) {unknown} in {index.csv_path} are not among the checkpoint's classes {names}. "
+                        "Evaluate on data with the same classes, or train a new model.")
+    splits = make_splits(index.df, cfg["split"], cfg["val_size"], cfg["test_size"], cfg["split_seed"])
+
+    cache = FeatureCache(cfg["cache_dir"], logmel)
+    paths = sorted({p for part in splits.values() for p in part.path})
+    if is_main:
+        entries, errors = cache.build(paths, num_workers, show_progress)
+    barrier()
+    if not is_main:
+        entries, errors = cache.build(paths, 0, show_progress=False)
+    if errors and is_main:
+        warn_skipped(errors, "while decoding")
+    entry_of = dict(zip(paths, entries))
+    out = {}
+    for name, part in splits.items():
+        part = part.assign(entry=part.path.map(entry_of), y=part.label.map({n: i for i, n in enumerate(names)}))
+        part = part[part.entry.notna()].reset_index(drop=True)
+        if part.empty:
+            raise DataError(f"every clip of the {name} split failed to decode (see the warning above)")
+        out[name] = part
+    if out["train"].label.nunique() < 2:
+        raise DataError("the training split has fewer than two usable classes; add data")
+    lost = set(names) - set(out["train"].label)
+    if lost and label_names is None:
+        warnings.warn(f"class(es) {sorted(lost)} have no usable training clip", stacklevel=2)
+    return PreparedData(data_root, index, out, names, cache, list(index.skipped) + list(errors))

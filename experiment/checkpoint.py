@@ -1,0 +1,70 @@
+"""Atomic checkpoints: write to a temp file in the same folder, fsync, then ``os.replace``.
+
+A crash, ``kill -9`` or full disk at any moment leaves either the previous checkpoint or the new one,
+never a torn file. Contents (see train.py): model, optimizer, scheduler and scaler state, ``epoch``
+(completed epochs), ``step`` (batches done in the next epoch, for mid-epoch resume), ``config``,
+``label_names``, ``features`` (LogMel parameters and normalisation statistics), best metric, history.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the file and the fix."""
+
+
+def save_checkpoint(state: dict, path) -> None:
+    """Write ``state`` with ``torch.save`` to ``path`` atomically.
+
+    Raises:
+        CheckpointError: the write failed (disk full, read-only, ...); the previous file at ``path`` is intact.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write checkpoint {path} ({type(err).__name__}: {err}). "
+                              f"The previous checkpoint there is unchanged. Free disk space or choose another "
+                              f"--out_dir.") from err
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only``: no code is unpickled).
+
+    ``path`` may be a run folder, in which case its ``best.pt`` is read.
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        CheckpointError: the file is truncated or not one of our checkpoints.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint there (a run folder holds best.pt and last.pt)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}). Use the other "
+                              f"checkpoint of the run folder (best.pt / last.pt) or retrain.") from None
+    if not isinstance(state, dict) or not {"model", "config", "label_names"} <= set(state):
+        raise CheckpointError(f"{path}: not a checkpoint of this trainer (needs model, config and label_names)")
+    return state

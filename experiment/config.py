@@ -1,0 +1,74 @@
+"""Command-line overrides for a config dict, nanoGPT style: ``--key=value`` and ``--preset=NAME``.
+
+Values are parsed to the type of the default (bool, int, float, str); a preset is applied first, then the
+other overrides in order. ``--help`` prints every key with its default.
+"""
+from __future__ import annotations
+
+import difflib
+
+
+class ConfigError(ValueError):
+    """A bad command-line override; the message names the key and what is accepted."""
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def parse_value(key: str, text: str, default):
+    """Parse ``text`` to the type of ``default``. Raises ConfigError naming ``key`` on a bad value."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        kind = "True or False" if isinstance(default, bool) else type(default).__name__
+        raise ConfigError(f"--{key}={text}: expected {kind} (default {default!r})") from None
+    return text
+
+
+def parse_config(argv: list[str], config: dict, presets: dict) -> dict:
+    """A copy of ``config`` with ``presets[--preset]`` and the ``--key=value`` overrides applied.
+
+    The chosen preset name is stored under ``config["preset"]``.
+    Raises:
+        ConfigError: malformed argument, unknown key (with the valid keys listed) or unknown preset.
+    """
+    cfg = dict(config)
+    pairs = []
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"{arg!r}: arguments look like --key=value (e.g. --learning_rate=3e-4); "
+                              "run with --help for the keys")
+        key, value = arg[2:].split("=", 1)
+        pairs.append((key.replace("-", "_"), value))
+    for key, value in pairs:
+        if key == "preset":
+            if value not in presets:
+                raise ConfigError(f"--preset={value}: unknown preset; choose one of {', '.join(presets)}")
+            cfg.update(presets[value])
+            cfg["preset"] = value
+    for key, value in pairs:
+        if key == "preset":
+            continue
+        if key not in config:
+            close = difflib.get_close_matches(key, config, n=3)
+            hint = f" Did you mean {', '.join('--' + c for c in close)}?" if close else ""
+            raise ConfigError(f"--{key}: unknown config key.{hint}\nValid keys: {', '.join(sorted(config))}")
+        cfg[key] = parse_value(key, value, config[key])
+    return cfg
+
+
+def format_help(config: dict, presets: dict, doc: str = "") -> str:
+    """Usage text: the module docstring, every key with its default, and the presets."""
+    width = max(map(len, config))
+    keys = "\n".join(f"  --{k.ljust(width)} = {v!r}" for k, v in config.items())
+    sets = "\n".join(f"  --preset={name}: " + ", ".join(f"{k}={v!r}" for k, v in p.items()) for name, p in presets.items())
+    return f"{doc.strip()}\n\nConfig keys (edit CONFIG in train.py or override):\n{keys}\n\nPresets:\n{sets}\n"
