@@ -30,6 +30,11 @@ class AudioError(Exception):
         super().__init__(f"{self.path}: {reason}. Fix: {fix}")
 
 
+def sf_path(path) -> bytes:
+    """``path`` as bytes for soundfile, which encodes str paths strictly and so fails on non-UTF-8 names."""
+    return os.fsencode(path)
+
+
 def read_audio(path) -> tuple[np.ndarray, int]:
     """Decode a whole file with soundfile.
 
@@ -43,7 +48,7 @@ def read_audio(path) -> tuple[np.ndarray, int]:
     if os.path.getsize(path) == 0:
         raise AudioError(path, "file is empty (0 bytes)")
     try:
-        samples, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+        samples, sample_rate = sf.read(sf_path(path), dtype="float32", always_2d=True)
     except Exception as err:  # libsndfile raises LibsndfileError/RuntimeError/TypeError/ValueError
         raise AudioError(path, f"cannot be decoded as audio ({type(err).__name__}: {err})".rstrip()) from None
     if samples.size == 0 or samples.shape[0] == 0:

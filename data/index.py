@@ -19,7 +19,7 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-from data.audio import AUDIO_EXTENSIONS, MIN_SECONDS
+from data.audio import AUDIO_EXTENSIONS, MIN_SECONDS, sf_path
 
 GTZAN_HELP = """\
 No dataset found. Either
@@ -84,7 +84,7 @@ def probe(path: Path) -> str | None:
     try:
         if path.stat().st_size == 0:
             return "empty file (0 bytes)"
-        info = sf.info(str(path))
+        info = sf.info(sf_path(path))
     except Exception as err:
         return f"cannot be decoded as audio ({type(err).__name__}: {err})"
     if info.frames <= 0 or info.samplerate <= 0:
