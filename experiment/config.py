@@ -6,6 +6,7 @@ other overrides in order. ``--help`` prints every key with its default.
 from __future__ import annotations
 
 import difflib
+import re
 
 
 class ConfigError(ValueError):
@@ -66,9 +67,16 @@ def parse_config(argv: list[str], config: dict, presets: dict) -> dict:
     return cfg
 
 
-def format_help(config: dict, presets: dict, doc: str = "") -> str:
-    """Usage text: the module docstring, every key with its default, and the presets."""
-    width = max(map(len, config))
-    keys = "\n".join(f"  --{k.ljust(width)} = {v!r}" for k, v in config.items())
+def key_comments(source: str) -> dict[str, str]:
+    """The one-line ``# comment`` after each ``key=value,`` line of a config dict in Python ``source``."""
+    found = (re.match(r"\s+(\w+)=.*?,\s*#\s*(.*)$", line) for line in source.splitlines())
+    return {m[1]: m[2] for m in found if m}
+
+
+def format_help(config: dict, presets: dict, doc: str = "", comments: dict[str, str] | None = None) -> str:
+    """Usage text: the module docstring, every key with its default and comment, and the presets."""
+    comments = comments or {}
+    width = max(len(f"--{k}={v!r}") for k, v in config.items())
+    keys = "\n".join(f"  {f'--{k}={v!r}'.ljust(width)}  {comments.get(k, '')}".rstrip() for k, v in config.items())
     sets = "\n".join(f"  --preset={name}: " + ", ".join(f"{k}={v!r}" for k, v in p.items()) for name, p in presets.items())
     return f"{doc.strip()}\n\nConfig keys (edit CONFIG in train.py or override):\n{keys}\n\nPresets:\n{sets}\n"
