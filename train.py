@@ -56,7 +56,7 @@ CONFIG = dict(
     noise_std=1.0,                 # Gaussian noise std, input units (dB for scale=db)
     noise_p=0.5,                   # probability of noise per clip
     gain_min=0.5,                  # random gain range on the power spectrogram (0.5..2 = -3..+3 dB)
-    gain_max=2.0,
+    gain_max=2.0,                  # upper end of the random gain (power factor)
     gain_p=0.5,                    # probability of a gain change per clip
     mixup_alpha=0.2,               # mixup Beta(alpha, alpha) on images and labels; 0 disables
     # --- model ---
@@ -69,7 +69,7 @@ CONFIG = dict(
     num_epochs=30,                 # epochs
     warmup_epochs=5,               # linear warmup: lr * (epoch + 1) / warmup_epochs for the first epochs
     lr_step_size=10,               # then StepLR: multiply by lr_gamma every lr_step_size epochs (0: constant)
-    lr_gamma=0.1,
+    lr_gamma=0.1,                  # StepLR decay factor
     # --- system ---
     device="auto",                 # auto: cuda, else mps, else cpu; or e.g. cpu, cuda:1
     num_workers=-1,                # DataLoader workers; -1: auto (0 on CPU, up to 8 on a GPU machine)
@@ -120,7 +120,7 @@ from evaluation import autocast, predict_tracks, track_loss  # noqa: E402
 from evaluation.metrics import classification_metrics, close, plot_confusion_matrix, save_report  # noqa: E402
 from experiment import distributed  # noqa: E402
 from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from experiment.config import ConfigError, format_help, parse_config  # noqa: E402
+from experiment.config import ConfigError, format_help, key_comments, parse_config  # noqa: E402
 from experiment.tracking import MODES, Tracker  # noqa: E402
 from models import PretrainedWeightsError, build_model  # noqa: E402
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Train; returns the final summary dict. See the module docstring and CONFIG."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(format_help(CONFIG, PRESETS, __doc__))
+        print(format_help(CONFIG, PRESETS, __doc__, key_comments(Path(__file__).read_text())))
         return {}
     cfg = parse_config(argv, CONFIG, PRESETS)
     resumed = None
