@@ -3,7 +3,8 @@ via torchaudio), Gaussian noise and random gain.
 
 Every transform takes one item [C, F, T] or a batch [B, C, F, T] (F mel bands, T frames) and draws its
 randomness per example from torch's global generator, so a run is reproducible under ``torch.manual_seed``
-on the CPU and on the GPU. Each has an application probability ``p`` per example.
+on the CPU and on the GPU. Each has an application probability ``p`` per example, and is the identity in
+eval mode (``module.eval()``).
 
 The SwanLab tutorial's advanced run (source of the ``resnext101_32x8d`` preset) applies, on the power mel:
 TimeMasking(20) and FrequencyMasking(20) always, noise sigma 0.01 with p=0.5, gain U(0.8, 1.2) with p=0.5.
@@ -30,7 +31,7 @@ class _PerExample(nn.Module):
     def forward(self, x: torch.Tensor, mask_value: float = 0.0) -> torch.Tensor:
         if x.dim() not in (3, 4):
             raise ValueError(f"expected [C, F, T] or [B, C, F, T], got shape {tuple(x.shape)}")
-        if self.p == 0.0:
+        if self.p == 0.0 or not self.training:  # eval mode (module.eval()) is the identity, like Dropout
             return x
         out = self.transform(x, mask_value)
         if self.p == 1.0:

@@ -99,3 +99,14 @@ def trained_run(tmp_path_factory):
     root = make_tree(tmp / "audio", per_class=8)
     summary = train.main(tiny_overrides(tmp, root))
     return summary, tmp
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread during the test (restored after): on 2 shared cores more threads only
+    oversubscribe, which makes small CPU models several times slower."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
