@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ class PreparedData:
     label_names: list[str]
     cache: FeatureCache
     unusable: list = field(default_factory=list)
+
+    def track_lists(self) -> dict[str, list[str]]:
+        """{split name: its tracks' paths relative to ``data_root``, in split order}: what a checkpoint
+        records so that ``evaluate.py`` can check it rebuilt the very split the model was trained with."""
+        return {name: [os.path.relpath(p, self.data_root) for p in part.path] for name, part in self.splits.items()}
 
 
 def prepare_data(cfg: dict, logmel: LogMel, is_main: bool = True, barrier=lambda: None,

@@ -17,7 +17,10 @@ from sklearn.model_selection import train_test_split
 
 from data.index import DataError
 
-SPLITS = ("tutorial", "stratified", "fault_filtered")
+# The parts each split makes: evaluate.py checks a requested part before loading any audio.
+PARTS = {"tutorial": ("train", "val"), "stratified": ("train", "val", "test"),
+         "fault_filtered": ("train", "val", "test")}
+SPLITS = tuple(PARTS)
 
 
 def label_names(labels) -> list[str]:
@@ -51,14 +54,22 @@ def split_tutorial(df: pd.DataFrame, val_size: float = 0.2, split_seed: int = 42
 
 def split_stratified(df: pd.DataFrame, val_size: float = 0.1, test_size: float = 0.1,
                      split_seed: int = 42) -> dict[str, pd.DataFrame]:
-    """Stratified train/val/test; ``val_size`` and ``test_size`` are fractions of all tracks."""
+    """Stratified train/val/test; ``val_size`` and ``test_size`` are fractions of all tracks.
+
+    Raises DataError for sizes outside (0, 1), fewer than 3 tracks in a class, or a held-out part smaller
+    than the number of classes."""
     if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
         raise DataError(f"val_size={val_size} and test_size={test_size} must be in (0, 1) with a sum below 1")
     _check_classes(df, 3, "the stratified split")
     df = df.sort_values(["label", "path"])
-    rest, test = train_test_split(df, test_size=test_size, stratify=df.label, random_state=split_seed)
-    train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=rest.label,
-                                  random_state=split_seed)
+    try:
+        rest, test = train_test_split(df, test_size=test_size, stratify=df.label, random_state=split_seed)
+        train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=rest.label,
+                                      random_state=split_seed)
+    except ValueError as err:  # e.g. fewer held-out tracks than classes
+        raise DataError(f"split=stratified with val_size={val_size}, test_size={test_size} on {len(df)} tracks: "
+                        f"{err}. Val and test each need at least one track per class: raise --val_size/--test_size "
+                        "or add data.") from None
     return {"train": train, "val": val, "test": test}
 
 

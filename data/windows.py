@@ -27,7 +27,8 @@ def random_crop(mel: np.ndarray, width: int, rng: np.random.Generator) -> np.nda
 
 def window_starts(frames: int, width: int, hop: int) -> list[int]:
     """Starts of ``width``-frame windows every ``hop`` frames, plus one ending at the last frame if the
-    regular grid leaves a tail, so the windows cover all ``frames``. A short track gives ``[0]``."""
+    regular grid leaves a tail. With ``hop <= width`` the windows cover all ``frames``; a larger hop samples
+    the track sparsely (first and last windows always included). A short track gives ``[0]``."""
     if hop < 1:
         raise ValueError(f"window hop must be at least one frame, got {hop}")
     if frames <= width:

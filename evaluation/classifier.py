@@ -3,37 +3,69 @@
     from evaluation.classifier import Classifier
     clf = Classifier.from_checkpoint("runs/my-run/best.pt")
     clf.predict("song.mp3", top_k=3)            # [("rock", 0.71), ("metal", 0.12), ("blues", 0.05)]
-    clf.predict(waveform, sample_rate=44100)     # numpy/torch [T] or [channels, T]
+    clf.predict(waveform, sample_rate=44100)     # numpy/torch [T], [channels, T] or [T, channels]
+    clf.classify("song.mp3")                     # Prediction: all probabilities, windows, duration
 
 Any length works: the whole recording is cut into the training window (``clip_seconds``) every
-``eval_hop_seconds`` and the logits are averaged, exactly as in evaluation.
+``eval_hop_seconds`` and the logits are averaged, exactly as in evaluation. ``predict.py`` and
+``evaluate.py`` build their models and features through this class, from the checkpoint alone.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from data.audio import AudioError, load_audio, resample
 from data.features import build_features, window_frames
-from data.windows import cut_windows
+from data.windows import cut_windows, window_starts
 from evaluation import forward_windows
 from experiment.checkpoint import load_checkpoint
 from experiment.distributed import pick_device
 from models import build_model
 
+# Checkpoint entries a Classifier keeps besides the model weights (training state is dropped).
+_META_DROP = ("model", "optimizer", "scheduler", "scaler", "accum")
+
+
+@dataclass
+class Prediction:
+    """One recording's result.
+
+    ``probabilities``: float32 [num_classes] (cpu), softmax of the window-averaged logits, in the order of
+    ``label_names``. ``num_windows``: windows averaged. ``seconds``: duration of the audio.
+    """
+    probabilities: torch.Tensor
+    label_names: list[str]
+    num_windows: int
+    seconds: float
+
+    def top_k(self, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` most probable (label, probability) pairs, most probable first (all when k >= classes)."""
+        top = self.probabilities.topk(max(1, min(k, len(self.probabilities))))
+        return [(self.label_names[i], float(p)) for p, i in zip(top.values, top.indices)]
+
 
 class Classifier:
-    """A model plus its feature pipeline and label names, in eval mode on ``device``."""
+    """A model plus its feature pipeline and label names, in eval mode on ``device``.
 
-    def __init__(self, model, logmel, image, label_names: list[str], window: int, hop: int, device: torch.device):
+    ``config`` is the training config of the checkpoint and ``meta`` its other entries (``label_names``,
+    ``features``, ``epoch``, ``best``, ``experiment_name``, ``splits``...), without the training state.
+    """
+
+    def __init__(self, model, logmel, image, label_names: list[str], window: int, hop: int, device: torch.device,
+                 config: dict | None = None, meta: dict | None = None):
         self.model, self.logmel, self.image = model.to(device).eval(), logmel.eval(), image.to(device).eval()
         self.label_names, self.window, self.hop, self.device = list(label_names), window, hop, device
+        self.config, self.meta = dict(config or {}), dict(meta or {})
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "auto") -> "Classifier":
         """Load ``best.pt``/``last.pt`` (or a run folder, meaning its ``best.pt``). ``device``: auto, cpu, cuda...
 
-        Raises FileNotFoundError / CheckpointError (see ``experiment.checkpoint.load_checkpoint``).
+        Raises FileNotFoundError / CheckpointError (see ``experiment.checkpoint.load_checkpoint``), or
+        RuntimeError for a device that is not available.
         """
         state = load_checkpoint(path)
         cfg, names = state["config"], state["label_names"]
@@ -41,42 +73,61 @@ class Classifier:
         model = build_model(cfg["arch"], len(names), pretrained=False)
         model.load_state_dict(state["model"])
         window, hop = window_frames(cfg, logmel)
-        return cls(model, logmel, image, names, window, hop, pick_device(device))
+        meta = {k: v for k, v in state.items() if k not in _META_DROP}
+        return cls(model, logmel, image, names, window, hop, pick_device(device), cfg, meta)
 
     @property
     def sample_rate(self) -> int:
         return self.logmel.sample_rate
 
-    def spectrogram(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> np.ndarray:
-        """Whole-recording spectrogram float32 [n_mels, frames], computed on the CPU like the training cache.
+    def waveform(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> torch.Tensor:
+        """Mono float32 [T] at :attr:`sample_rate`, decoded, down-mixed and resampled as in training.
 
-        ``audio``: a file path, or a waveform (numpy/torch, [T] or [channels, T], float in [-1, 1]) with its
-        ``sample_rate`` in Hz. Raises AudioError (file problems, too short) or ValueError (bad array).
+        ``audio``: a file path, or a waveform (numpy/torch, [T], [channels, T] or soundfile's [T, channels],
+        float in [-1, 1]) with its ``sample_rate`` in Hz. ``min_seconds``: shorter audio raises.
+        Raises AudioError (file problems, too short) or ValueError (bad array, missing ``sample_rate``).
         """
         if isinstance(audio, (np.ndarray, torch.Tensor)):
             if sample_rate is None:
                 raise ValueError("a waveform needs its sample_rate (Hz)")
             wave = torch.as_tensor(audio, dtype=torch.float32)
-            if wave.dim() == 2:
-                wave = wave.mean(0)
+            if wave.dim() == 2:  # the shorter axis holds the channels
+                wave = wave.mean(0) if wave.shape[0] <= wave.shape[1] else wave.mean(1)
             if wave.dim() != 1 or wave.numel() == 0 or not torch.isfinite(wave).all():
-                raise ValueError(f"waveform must be a finite [T] or [channels, T] array, got {tuple(wave.shape)}")
+                raise ValueError(f"waveform must be a finite non-empty [T] or [channels, T] array, "
+                                 f"got shape {tuple(np.shape(audio))}")
             if wave.numel() < min_seconds * sample_rate:
                 raise AudioError("<waveform>", f"is only {wave.numel() / sample_rate:.3f} s long", "use a longer recording")
-            wave = resample(wave, int(sample_rate), self.sample_rate)
-        else:
-            wave = load_audio(audio, self.sample_rate, min_seconds=min_seconds)
+            return resample(wave, int(sample_rate), self.sample_rate)
+        return load_audio(audio, self.sample_rate, min_seconds=min_seconds)
+
+    def spectrogram(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> np.ndarray:
+        """Whole-recording spectrogram float32 [n_mels, frames], computed on the CPU like the training cache.
+
+        Arguments and errors as :meth:`waveform`.
+        """
         with torch.no_grad():
-            return self.logmel(wave).numpy()
+            return self.logmel(self.waveform(audio, sample_rate, min_seconds)).numpy()
 
     def logits_of_spectrogram(self, mel: np.ndarray) -> torch.Tensor:
-        """Window-averaged logits float32 [num_classes] (cpu) of a whole-recording spectrogram."""
+        """Window-averaged logits float32 [num_classes] (cpu) of a whole-recording spectrogram [n_mels, frames]."""
         windows = cut_windows(mel, self.window, self.hop)
         return forward_windows(self.model, self.image, windows, self.device).mean(0).cpu()
 
+    def classify(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> Prediction:
+        """Class probabilities of one whole recording (arguments and errors as :meth:`waveform`)."""
+        wave = self.waveform(audio, sample_rate, min_seconds)
+        with torch.no_grad():
+            mel = self.logmel(wave).numpy()
+        probs = self.logits_of_spectrogram(mel).softmax(0)
+        windows = len(window_starts(mel.shape[1], self.window, self.hop))
+        return Prediction(probs, self.label_names, windows, wave.numel() / self.sample_rate)
+
     def predict(self, audio, sample_rate: int | None = None, top_k: int = 5, min_seconds: float = 0.0
                 ) -> list[tuple[str, float]]:
-        """The ``top_k`` (label, probability) pairs for one recording, most probable first."""
-        probs = self.logits_of_spectrogram(self.spectrogram(audio, sample_rate, min_seconds)).softmax(0)
-        top = probs.topk(min(top_k, len(probs)))
-        return [(self.label_names[i], float(p)) for p, i in zip(top.values, top.indices)]
+        """The ``top_k`` (label, probability) pairs for one recording, most probable first.
+
+        ``audio``: a path (any format soundfile decodes, any rate, any channels, any length) or a waveform
+        [T] / [channels, T] with its ``sample_rate`` in Hz. Raises AudioError or ValueError.
+        """
+        return self.classify(audio, sample_rate, min_seconds).top_k(top_k)
