@@ -157,6 +157,35 @@ def mixup(x, y, alpha: float):
     return lam * x + (1 - lam) * x[perm], y, y[perm], lam
 
 
+def loader_settings(cfg, device: torch.device) -> dict:
+    """DataLoader keyword arguments of every training and evaluation loader (train.py and bench.py).
+
+    ``num_workers=-1`` (auto): 0 on the CPU, where the cached crops cost milliseconds per batch and a worker
+    process would only compete with the model for the cores; up to 8 on an accelerator. Workers persist
+    across epochs; batches are pinned for asynchronous copies on CUDA.
+    """
+    workers = cfg["num_workers"]
+    if workers < 0:
+        workers = 0 if device.type == "cpu" else min(8, torch.multiprocessing.cpu_count() or 1)
+    return dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+
+def train_step(model, optimizer, scaler, x, y_a, y_b, lam: float, device: torch.device, amp_dtype=None):
+    """One optimisation step on a (mixed-up) batch: forward (autocast when ``amp_dtype``), mixup
+    cross-entropy ``lam * CE(y_a) + (1 - lam) * CE(y_b)``, backward, optimizer step through ``scaler``.
+
+    Args: x float [B, 3, H, W] on ``device``; y_a, y_b long [B]. Returns (logits [B, K], loss scalar), not synced.
+    """
+    with autocast(device, amp_dtype):
+        logits = model(x)
+        loss = lam * F.cross_entropy(logits, y_a) + (1 - lam) * F.cross_entropy(logits, y_b)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return logits, loss
+
+
 def example_figure(images, labels, label_names):
     """Up to 8 training inputs (after augmentation) as a matplotlib figure: what the network sees."""
     import matplotlib.pyplot as plt
@@ -211,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     channels_last = cuda and cfg["channels_last"]
     if cuda:
         torch.backends.cudnn.benchmark = True
-    workers = cfg["num_workers"] if cfg["num_workers"] >= 0 else (min(8, (torch.multiprocessing.cpu_count() or 1)) if device.type != "cpu" else 0)
+    loader_kw = loader_settings(cfg, device)
+    workers = loader_kw["num_workers"]
 
     # ---- data: index -> splits -> cached spectrograms ----
     if cfg["preset"] == "demo" and main_rank:
@@ -221,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
                         resumed["label_names"] if resumed else None,
                         num_workers=max(workers, torch.multiprocessing.cpu_count() or 1), show_progress=main_rank)
     names, splits = data.label_names, data.splits
+    track_lists = data.track_lists()  # saved in checkpoints: evaluate.py checks it rebuilds the same split
     cfg["data_root"], cfg["csv_path"] = str(data.data_root), str(data.index.csv_path)
     if resumed:
         norm = resumed["features"]["norm"]
@@ -236,7 +267,6 @@ def main(argv: list[str] | None = None) -> dict:
     train_set = ClipDataset(splits["train"].path, splits["train"].y, data.cache, clip_frames, cfg["seed"],
                             image=image if cfg["features_on"] == "item" else None, entries=splits["train"].entry)
     sampler = EpochSampler(len(train_set), cfg["seed"], dist.rank, dist.world_size)
-    loader_kw = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0)
     train_loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, collate_fn=collate_clips, **loader_kw)
     eval_loaders = {}
     for name in ("val", "test"):
@@ -266,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
         model = torch.compile(model)
     if dist.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    # Evaluation runs the module inside DDP: a DDP forward may be a collective (it broadcasts buffers), and
+    # ranks evaluate different numbers of windows (none at all when their tracks are skipped).
+    eval_model = model.module if dist.enabled else model
 
     # ---- run folder and tracking ----
     project, experiment = default_names(cfg, data.data_root)
@@ -298,11 +331,13 @@ def main(argv: list[str] | None = None) -> dict:
         return dict(model=core.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                     scaler=scaler.state_dict(), epoch=epoch, step=step, accum=accum, best=best, config=cfg,
                     label_names=names, features=dict(params=logmel.params(), norm=norm), history=tracker.history,
+                    splits=track_lists,
                     swanlab_run_id=tracker.run_id, swanlab_project=project, experiment_name=experiment)
 
     def evaluate(split: str) -> dict:
         """Track-level metrics of ``split`` over all ranks: loss, top-1 %, macro-F1 %, confusion, predictions."""
-        out = predict_tracks(model, image, eval_loaders[split], device, amp_dtype, channels_last)
+        distributed.broadcast_buffers(core, dist)  # every rank evaluates rank 0's BatchNorm statistics
+        out = predict_tracks(eval_model, image, eval_loaders[split], device, amp_dtype, channels_last)
         parts = distributed.gather((out["logits"], out["labels"], out["indices"], out["skipped"]), dist)
         logits, labels = torch.cat([p[0] for p in parts if len(p[1])]), torch.cat([p[1] for p in parts])
         m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), names)
@@ -360,13 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     x, y_a, y_b, lam = mixup(x, y, cfg["mixup_alpha"])
-                    with autocast(device, amp_dtype):
-                        logits = model(x)
-                        loss = lam * F.cross_entropy(logits, y_a) + (1 - lam) * F.cross_entropy(logits, y_b)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                    logits, loss = train_step(model, optimizer, scaler, x, y_a, y_b, lam, device, amp_dtype)
                     pending.append((step, loss.detach().float(), (logits.argmax(1) == y).sum(), len(y)))
                 step += 1
                 if len(pending) >= sync_every or stop["requested"] or step >= last_step:

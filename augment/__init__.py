@@ -40,9 +40,13 @@ class _PerExample(nn.Module):
         return torch.where(chosen.view(*chosen.shape, 1, 1, 1), out, x)
 
 
-def _shared_mask(mask: nn.Module, x: torch.Tensor, mask_value: float) -> torch.Tensor:
-    """Draw one torchaudio mask per example on a single channel and apply it to all channels."""
-    keep = mask(torch.ones_like(x[..., :1, :, :]), 0.0)
+def _shared_mask(mask: nn.Module, x: torch.Tensor, mask_value: float, axis: int) -> torch.Tensor:
+    """Draw one torchaudio mask per example along ``axis`` (-1 time, -2 frequency) and apply it to all
+    channels. The mask is drawn on ones of shape [B, 1, 1, T] (or [B, 1, F, 1]): torchaudio draws the same
+    random numbers as for a full [B, 1, F, T] tensor, and no full-size tensor is built or compared."""
+    shape = [*x.shape[:-3], 1, 1, 1]
+    shape[axis] = x.shape[axis]
+    keep = mask(torch.ones(shape, device=x.device, dtype=x.dtype), 0.0)
     return x.masked_fill(keep == 0, mask_value)
 
 
@@ -55,7 +59,7 @@ class TimeMasking(_PerExample):
         self.mask = T.TimeMasking(time_mask_param=max_frames, iid_masks=True)
 
     def transform(self, x, mask_value):
-        return _shared_mask(self.mask, x, mask_value)
+        return _shared_mask(self.mask, x, mask_value, -1)
 
 
 class FrequencyMasking(_PerExample):
@@ -66,7 +70,7 @@ class FrequencyMasking(_PerExample):
         self.mask = T.FrequencyMasking(freq_mask_param=max_bins, iid_masks=True)
 
     def transform(self, x, mask_value):
-        return _shared_mask(self.mask, x, mask_value)
+        return _shared_mask(self.mask, x, mask_value, -2)
 
 
 class GaussianNoise(_PerExample):

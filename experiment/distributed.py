@@ -82,6 +82,16 @@ def broadcast(obj, d: Dist):
     return box[0]
 
 
+def broadcast_buffers(module: torch.nn.Module, d: Dist) -> None:
+    """Overwrite every buffer of ``module`` (BatchNorm running statistics) with rank 0's, in place.
+
+    A collective: every rank must call it, with the same module structure.
+    """
+    if d.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
