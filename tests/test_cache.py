@@ -239,7 +239,7 @@ def test_bench_measures_every_pipeline_and_ends_with_the_summary_line(tmp_path, 
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == (f"summary: data_speedup={rates['data_speedup']:.1f}x "
                        f"step_efficiency={rates['step_efficiency']:.2f} device=cpu")
-    assert rates["data_speedup"] == pytest.approx(rates["ours"] / rates["tutorial"])
+    assert rates["data_speedup"] == pytest.approx(rates["ours_plain"] / rates["tutorial"])  # same work
     assert all(rates[k] > 0 for k in ("tutorial", "ours", "ours_plain", "model", "full"))
     table = [line for line in out if line.startswith(("(a)", "(b)", "(c)", "    ours"))]
     assert len(table) == 5 and all(line.split()[-1] == str(n) for line, n in zip(table, (16, 64, 64, 8, 8)))

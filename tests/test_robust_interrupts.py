@@ -139,7 +139,11 @@ def test_swanlab_failing_after_a_good_init_is_reported_once(tmp_path, monkeypatc
     monkeypatch.setattr(swanlab, "log", broken)
     monkeypatch.setattr(swanlab, "finish", broken)
     root = make_tree(tmp_path / "audio", per_class=6)
-    train.main(tiny_overrides(tmp_path, root))
+    try:
+        train.main(tiny_overrides(tmp_path, root))
+    finally:
+        monkeypatch.undo()
+        swanlab.finish()  # the real run is still open and hooks sys.stdout; close it for the next tests
     out = capsys.readouterr().out
     assert out.count("SwanLab log failed (ConnectionError: network hiccup)") == 1
     assert out.count("SwanLab finish failed") == 1
