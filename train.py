@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict:
     final = evaluate(final_split)
     minutes = (sum(r["train/epoch_seconds"] for r in tracker.history) / 60) if main_rank else 0.0
     protocol = ("held-out test split, checkpoint chosen on val" if final_split == "test" else
-                "val split, also used to choose the checkpoint (optimistic; the tutorial's protocol)")
+                "val split, also used to choose the checkpoint: optimistic, the tutorial's protocol")
     summary = {"summary/best_val_acc": best["val_acc"], "summary/best_epoch": best["epoch"],
                f"summary/{final_split}_acc": final["acc"], f"summary/{final_split}_macro_f1": final["macro_f1"],
                "summary/total_minutes": minutes}

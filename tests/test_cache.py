@@ -23,14 +23,7 @@ from models import build_model
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small machine shared with other processes, OpenMP threads that wait for
-    each other make a CPU step up to 10x slower; results here do not depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 torch thread, results do not depend on it
 
 
 def small_logmel(**changes) -> LogMel:

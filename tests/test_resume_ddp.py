@@ -26,14 +26,7 @@ from evaluation import predict_tracks, track_loss
 from experiment.checkpoint import load_checkpoint
 from models import build_model
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small machine shared with other processes, OpenMP threads that wait for
-    each other make a CPU step up to 10x slower; results here do not depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 torch thread, results do not depend on it
 
 
 # Scalars that depend on the data and the weights only (not on wall time).
