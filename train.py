@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
         if main_rank:
             print("\nInterrupt: stopping after this step and saving last.pt (Ctrl-C again to quit now)", flush=True)
 
-    previous_handler = signal.signal(signal.SIGINT, on_sigint) if distributed_main_thread() else None
+    previous_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread() else None
     warned = set()
 
     def report_skipped(skipped) -> int:
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
     return summary | {"run_dir": str(run_dir)}
 
 
-def distributed_main_thread() -> bool:
+def in_main_thread() -> bool:
     """Signal handlers can only be installed from the main thread."""
     import threading
     return threading.current_thread() is threading.main_thread()
