@@ -1,14 +1,26 @@
 """The one feature pipeline, shared by training, evaluation, predict.py and bench.py.
 
-    waveform [T] --LogMel--> mel [n_mels, frames] --(cache, crop/windows)--> [1, n_mels, W]
-                 --MelImage--> image [3, resize, resize]
+    waveform [T] --front end--> features [n_mels, frames] (or [1, samples]) --(cache, crop/windows)-->
+        [1, n_mels, W] --input transform--> model input
 
-``LogMel`` runs once per track (its output is cached on disk, see ``data.cache``); crops and evaluation
-windows are cut from the whole-track spectrogram in frames. ``MelImage`` (normalise, augment, 3 channels,
-resize) is cheap and batch-friendly: the Dataset can apply it per item on the CPU, or the training loop
-applies the same module to a whole batch on the training device (``features_on="device"``).
+The front end (``data.frontends``: ``logmel``, ``panns_logmel``, ``kaldi_fbank``, ``waveform``) runs once per
+track; its output is cached on disk (``data.cache``) and crops and evaluation windows are cut from it along
+the last axis. The input transform (augment, normalise, shape for the model) is cheap and batch-friendly:
+the Dataset can apply it per item on the CPU, or the training loop applies the same module to a whole batch
+on the training device (``features_on="device"``).
 
-Two recipes (``scale``):
+Config keys (read with ``cfg.get`` so the configs of older checkpoints keep their meaning):
+
+* ``input_layout``: ``"image"`` (default; :class:`MelImage`, 3-channel ``resize`` x ``resize`` images for
+  ImageNet CNNs), ``"spectrogram"`` (:class:`SpectrogramInput`, [B, 1, n_mels, frames] for CNN14 and AST),
+  ``"waveform"`` (:class:`WaveformInput`, [B, 1, 1, samples] for the wav2vec2 family).
+* ``normalization``: ``"auto"`` (default: the front end's choice, i.e. training-split statistics for log
+  features, none for the tutorial's power mel and for waveforms), ``"train"`` (training-split mean and
+  std), ``"fixed"`` (``norm_mean``, ``norm_std``; AST: -4.2677393 and 4.5689974 * 2), ``"none"``,
+  ``"per_clip"`` (each crop or window to zero mean and unit variance, as Wav2Vec2FeatureExtractor's
+  ``do_normalize``). :func:`normalisation_for` gives a run's statistics.
+
+Two log-mel recipes (``scale``) for the default front end:
 * ``"db"`` (default): log-mel in dB (AmplitudeToDB, ``top_db`` relative to the track's maximum), normalised
   with the training set's mean and standard deviation, bilinear (anti-aliased) resize.
 * ``"power"``: the SwanLab tutorial's recipe: power mel, no log, no normalisation, ``clamp(min=0)``,
@@ -21,56 +33,74 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchaudio.transforms as T
 from torch import nn
 
-SCALES = ("db", "power")
+from data.frontends import FRONTENDS, SCALES, KaldiFbank, LogMel, PannsLogMel, Waveform, build_frontend
+from experiment.config import ConfigError
+
+__all__ = ["FRONTENDS", "LAYOUTS", "NORMALIZATIONS", "SCALES", "InputTransform", "KaldiFbank", "LogMel", "MelImage",
+           "PannsLogMel", "SpectrogramInput", "Waveform", "WaveformInput", "build_features", "build_frontend",
+           "build_input_transform", "normalisation_for", "normalisation_stats", "normalization_mode",
+           "per_clip_stats", "window_frames"]
+
+NORMALIZATIONS = ("auto", "train", "fixed", "none", "per_clip")
+# Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm: (x - mean) / sqrt(var + 1e-7), population variance.
+PER_CLIP_EPS = 1e-7
 
 
-class LogMel(nn.Module):
-    """Waveform -> mel spectrogram, in dB (``scale="db"``) or power (``scale="power"``).
+def per_clip_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and ``sqrt(var + 1e-7)`` (population variance) of each example of a batch [B, ...].
 
-    Args:
-        sample_rate: Hz of the input. n_fft, hop_length: samples. n_mels: mel bands.
-        f_min, f_max: band edges in Hz (``f_max=None``: sample_rate / 2).
-        top_db: dB range kept below each spectrogram's maximum (``"db"`` only).
-    Input: float32 [..., T] mono at ``sample_rate``; inputs shorter than ``n_fft`` are zero-padded to ``n_fft``.
-    Output: float32 [..., n_mels, 1 + T // hop_length]; always finite (silence gives a constant -100 dB).
+    Returns two float tensors [B, 1, ..., 1] that broadcast against ``x``."""
+    dims = tuple(range(1, x.dim()))
+    mean = x.mean(dims, keepdim=True)
+    return mean, torch.sqrt(x.var(dims, correction=0, keepdim=True) + PER_CLIP_EPS)
+
+
+class InputTransform(nn.Module):
+    """Crops or windows -> model input: augmentation (training mode only), normalisation, then the layout's
+    shaping (:meth:`finish`; the identity here).
+
+    Normalisation is ``(x - mean) / std`` with SpecAugment masks filled with ``mean`` (0 after
+    normalising); the augmentation works in the front end's units (dB for log-mel), before normalising.
+    With ``per_clip`` each example's own mean is removed first, masks are filled with 0 (that mean), and the
+    result is divided by ``sqrt(var + 1e-7)`` of the un-augmented example (``mean``/``std`` are unused;
+    a power-scale random gain then scales around the clip's mean).
+
+    Input: float32 [C, F, T] (one item) or [B, C, F, T] (a batch), any device. Output: see subclasses.
+    Raises ValueError for a non-finite ``mean`` or a non-positive ``std``.
     """
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float = 0.0,
-                 f_max: float | None = None, scale: str = "db", top_db: float | None = 80.0):
+    def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False):
         super().__init__()
-        if scale not in SCALES:
-            raise ValueError(f"scale={scale!r}: choose one of {SCALES}")
-        self.sample_rate, self.n_fft, self.hop_length, self.n_mels = sample_rate, n_fft, hop_length, n_mels
-        self.f_min, self.f_max, self.scale, self.top_db = float(f_min), f_max, scale, top_db
-        self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                                    f_min=f_min, f_max=f_max, power=2.0)
-        self.to_db = T.AmplitudeToDB(stype="power", top_db=top_db) if scale == "db" else None
+        if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
+            raise ValueError(f"normalisation needs a finite mean and a positive std, got mean={mean}, std={std}")
+        self.augment, self.mean, self.std, self.per_clip = augment, float(mean), float(std), bool(per_clip)
 
-    def params(self) -> dict:
-        """Everything that determines the output: the cache key and the checkpoint's feature record."""
-        return dict(sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length, n_mels=self.n_mels,
-                    f_min=self.f_min, f_max=self.f_max, scale=self.scale, top_db=self.top_db)
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment (training mode) and normalise a batch [B, C, F, T]."""
+        augment = self.augment if self.training else None
+        if self.per_clip:
+            mean, std = per_clip_stats(x)
+            x = x - mean
+            return (augment(x, mask_value=0.0) if augment is not None else x) / std
+        if augment is not None:
+            x = augment(x, mask_value=self.mean)
+        return (x - self.mean) / self.std
 
-    def num_frames(self, num_samples: int) -> int:
-        """Frames produced for a waveform of ``num_samples`` samples."""
-        return 1 + max(num_samples, self.n_fft) // self.hop_length
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
-    def seconds_to_frames(self, seconds: float) -> int:
-        """Frames of a window of ``seconds`` (a crop of that many seconds of audio)."""
-        return self.num_frames(int(round(seconds * self.sample_rate)))
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        if waveform.shape[-1] < self.n_fft:
-            waveform = F.pad(waveform, (0, self.n_fft - waveform.shape[-1]))
-        mel = self.mel(waveform)
-        return self.to_db(mel) if self.to_db is not None else mel
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        item = x.dim() == 3
+        if item:
+            x = x.unsqueeze(0)
+        x = self.finish(self.normalise(x))
+        return x[0] if item else x
 
 
-class MelImage(nn.Module):
-    """Mel spectrogram crop(s) -> 3-channel image for an ImageNet CNN, augmenting in training mode.
+class MelImage(InputTransform):
+    """Mel spectrogram crop(s) -> 3-channel image for an ImageNet CNN (``input_layout="image"``).
 
     Steps: SpecAugment (``module.training`` and ``augment`` given; masks filled with ``mean``, i.e. 0 after
     normalisation) -> ``(x - mean) / std`` -> (power recipe: ``clamp(min=0)``) -> resize to
@@ -79,38 +109,60 @@ class MelImage(nn.Module):
     Input: float32 [1, n_mels, frames] (one item) or [B, 1, n_mels, frames] (a batch), on any device.
     Output: float32 [3, resize, resize] or [B, 3, resize, resize]. The batch path and the per-item path
     give the same result for the same input (resizing is per image).
+    Raises ValueError for an unknown ``scale`` or a bad ``mean``/``std``.
     """
 
     def __init__(self, resize: int, scale: str = "db", augment: nn.Module | None = None,
-                 mean: float = 0.0, std: float = 1.0):
-        super().__init__()
+                 mean: float = 0.0, std: float = 1.0, per_clip: bool = False):
         if scale not in SCALES:
             raise ValueError(f"scale={scale!r}: choose one of {SCALES}")
-        if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
-            raise ValueError(f"normalisation needs a finite mean and a positive std, got mean={mean}, std={std}")
-        self.resize, self.scale, self.augment = int(resize), scale, augment
-        self.mean, self.std = float(mean), float(std)
+        super().__init__(augment, mean, std, per_clip)
+        self.resize, self.scale = int(resize), scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        item = x.dim() == 3
-        if item:
-            x = x.unsqueeze(0)
-        if self.training and self.augment is not None:
-            x = self.augment(x, mask_value=self.mean)
-        x = (x - self.mean) / self.std
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
         size = (self.resize, self.resize)
         if self.scale == "power":
             x = F.adaptive_avg_pool2d(x.clamp(min=0), size)
         else:
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        x = x.repeat(1, 3, 1, 1)
-        return x[0] if item else x
+        return x.repeat(1, 3, 1, 1)
+
+
+class SpectrogramInput(InputTransform):
+    """Spectrogram crop(s) as they are, augmented and normalised (``input_layout="spectrogram"``: CNN14, AST).
+
+    Input: float32 [1, n_mels, frames] or [B, 1, n_mels, frames]. Output: the same shape, float32.
+    """
+
+
+class WaveformInput(InputTransform):
+    """Waveform crop(s) for the wav2vec2 family (``input_layout="waveform"``), optionally normalised.
+
+    SpecAugment masks, noise and gain are spectrogram augmentations: ``augment`` is ignored for raw
+    waveforms (mixup still applies in the training loop). ``per_clip`` is Wav2Vec2FeatureExtractor's
+    ``do_normalize=True`` (``(x - mean) / sqrt(var + 1e-7)``), over the whole window including any zero
+    padding of a short clip (the extractor skips padding through its attention mask).
+
+    Input: float32 [1, 1, samples] or [B, 1, 1, samples]. Output: the same shape, float32.
+    """
+
+    def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False):
+        super().__init__(None, mean, std, per_clip)
+
+
+# input_layout -> (transform class, front ends it accepts): a new layout is one entry.
+LAYOUTS = {
+    "image": (MelImage, ("logmel", "panns_logmel", "kaldi_fbank")),
+    "spectrogram": (SpectrogramInput, ("logmel", "panns_logmel", "kaldi_fbank")),
+    "waveform": (WaveformInput, ("waveform",)),
+}
 
 
 def normalisation_stats(mels) -> tuple[float, float]:
     """Mean and standard deviation over every value of an iterable of spectrograms (float64 accumulation).
 
     Used on the training split only, so nothing leaks from validation or test.
+    Raises ValueError when the iterable is empty.
     """
     total, total_sq, count = 0.0, 0.0, 0
     for mel in mels:
@@ -125,16 +177,86 @@ def normalisation_stats(mels) -> tuple[float, float]:
     return float(mean), float(std if std > 1e-6 else 1.0)
 
 
+def normalization_mode(cfg: dict, frontend: nn.Module | None = None) -> str:
+    """The run's normalisation: ``train``, ``fixed``, ``none`` or ``per_clip`` (``auto`` resolved through the
+    front end, built from ``cfg`` when not given). Raises ConfigError for an unknown ``normalization``."""
+    mode = cfg.get("normalization", "auto")
+    if mode not in NORMALIZATIONS:
+        raise ConfigError(f"--normalization={mode}: choose one of {', '.join(NORMALIZATIONS)}")
+    if mode == "auto":
+        return (frontend if frontend is not None else build_frontend(cfg)).auto_normalization
+    return mode
+
+
+def _fixed_stats(cfg: dict) -> tuple[float, float]:
+    mean, std = cfg.get("norm_mean"), cfg.get("norm_std")
+    if mean is None or std is None or not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ConfigError(f"normalization=fixed needs a finite norm_mean and a positive norm_std, got "
+                          f"norm_mean={mean}, norm_std={std} (AST: --norm_mean=-4.2677393 --norm_std=9.1379948)")
+    return float(mean), float(std)
+
+
+def normalisation_for(cfg: dict, spectrograms=(), frontend: nn.Module | None = None) -> dict:
+    """The normalisation statistics of a run, ``dict(mean=..., std=...)``: what checkpoints record in
+    ``features["norm"]`` and :func:`build_features` takes.
+
+    ``spectrograms`` (an iterable of the training split's cached features, e.g. a generator over
+    ``cache.get``) is iterated only for ``normalization="train"`` (or ``auto`` resolving to it). ``fixed``
+    gives (``norm_mean``, ``norm_std``); ``none`` and ``per_clip`` give (0.0, 1.0), which the input transform
+    does not use. Raises ConfigError (bad ``normalization`` or fixed statistics) or ValueError (no training
+    spectrogram).
+    """
+    mode = normalization_mode(cfg, frontend)
+    if mode == "train":
+        mean, std = normalisation_stats(spectrograms)
+    elif mode == "fixed":
+        mean, std = _fixed_stats(cfg)
+    else:
+        mean, std = 0.0, 1.0
+    return dict(mean=mean, std=std)
+
+
+def build_input_transform(cfg: dict, frontend: nn.Module, mean: float = 0.0, std: float = 1.0,
+                          augment: nn.Module | None = None) -> InputTransform:
+    """The input transform of ``cfg["input_layout"]`` (default ``image``) for ``frontend``.
+
+    ``mean``/``std`` are used for ``normalization="train"`` (and ``auto`` resolving to it); ``fixed`` takes
+    ``norm_mean``/``norm_std`` from ``cfg``; ``none`` and ``per_clip`` ignore them.
+    Raises ConfigError for an unknown layout, a layout the front end cannot feed, or a bad normalisation.
+    """
+    layout = cfg.get("input_layout", "image")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--input_layout={layout}: choose one of {', '.join(LAYOUTS)}")
+    cls, frontends = LAYOUTS[layout]
+    if frontend.name not in frontends:
+        raise ConfigError(f"--input_layout={layout} cannot take the {frontend.name} front end; it takes "
+                          f"{', '.join(frontends)} (choose the backbone's layout, or leave both to --arch)")
+    mode = normalization_mode(cfg, frontend)
+    if mode == "fixed":
+        mean, std = _fixed_stats(cfg)
+    elif mode != "train":
+        mean, std = 0.0, 1.0
+    per_clip = mode == "per_clip"
+    if cls is MelImage:
+        return MelImage(cfg["resize"], cfg["scale"], augment, mean, std, per_clip)
+    return cls(augment, mean, std, per_clip)
+
+
 def build_features(cfg: dict, mean: float = 0.0, std: float = 1.0, augment: nn.Module | None = None
-                   ) -> tuple[LogMel, MelImage]:
-    """The LogMel and MelImage described by a train.py config (``f_max=0`` means sample_rate / 2)."""
-    logmel = LogMel(cfg["sample_rate"], cfg["n_fft"], cfg["hop_length"], cfg["n_mels"], cfg["f_min"],
-                    cfg["f_max"] or None, cfg["scale"], cfg["top_db"])
-    return logmel, MelImage(cfg["resize"], cfg["scale"], augment, mean, std)
+                   ) -> tuple[nn.Module, InputTransform]:
+    """(front end, input transform) described by a train.py config (``f_max=0`` means sample_rate / 2).
+
+    ``mean``/``std``: the run's statistics (:func:`normalisation_for`, or a checkpoint's ``features["norm"]``).
+    A config without the front-end keys (``frontend``, ``input_layout``, ``normalization``) gives today's
+    LogMel and MelImage, bit for bit. Raises ConfigError or ValueError for bad settings.
+    """
+    frontend = build_frontend(cfg)
+    return frontend, build_input_transform(cfg, frontend, mean, std, augment)
 
 
-def window_frames(cfg: dict, logmel: LogMel) -> tuple[int, int]:
-    """(crop/window width, evaluation hop) in frames from ``clip_seconds`` and ``eval_hop_seconds``."""
-    width = logmel.seconds_to_frames(cfg["clip_seconds"])
-    hop = max(1, int(round(cfg["eval_hop_seconds"] * cfg["sample_rate"] / cfg["hop_length"])))
+def window_frames(cfg: dict, frontend: nn.Module) -> tuple[int, int]:
+    """(crop/window width, evaluation hop) in frames of ``frontend`` from ``clip_seconds`` and
+    ``eval_hop_seconds`` (for ``waveform`` a frame is a sample; for ``kaldi_fbank`` 10.24 s is 1024 frames)."""
+    width = frontend.seconds_to_frames(cfg["clip_seconds"])
+    hop = max(1, int(round(cfg["eval_hop_seconds"] * frontend.sample_rate / frontend.hop_length)))
     return width, hop
