@@ -37,7 +37,8 @@ class PreparedData:
 
 def prepare_data(cfg: dict, logmel: LogMel, is_main: bool = True, barrier=lambda: None,
                  label_names: list[str] | None = None, num_workers: int = 0, show_progress: bool = True) -> PreparedData:
-    """Index ``cfg["data_root"]``, split it, and cache every clip's spectrogram.
+    """Index ``cfg["data_root"]``, split it, and cache every clip's features, computed by ``logmel`` (any
+    front end of ``data.frontends``, e.g. from ``data.features.build_features``).
 
     Rank 0 (``is_main``) writes the index and fills the cache while the other ranks wait at ``barrier``;
     then every rank reads them. ``label_names`` (from a checkpoint) fixes the class ids; a label in the data

@@ -1,12 +1,20 @@
-"""On-disk cache of whole-track spectrograms: decode + resample + LogMel once per file, reuse every epoch
+"""On-disk cache of whole-track features: decode + resample + front end once per file, reuse every epoch
 and every later run.
 
-An entry is ``<cache_dir>/features/<aa>/<sha1>.npy`` (float32 [n_mels, frames]). The key hashes the file's
-absolute path, size and modification time with every LogMel parameter (sample_rate, n_fft, hop_length,
-n_mels, f_min, f_max, scale, top_db), so editing a file or a feature setting misses the cache, and two
-settings never share an entry. Entries are written atomically (temp file + ``os.replace``), so workers or
-ranks that race on one entry, or a killed process, never leave a torn file. Stale entries are never read;
-``rm -r <cache_dir>`` reclaims their space.
+An entry is ``<cache_dir>/features/<aa>/<sha1>.npy`` holding the front end's output for the whole track
+(``data.frontends``), always float32:
+
+* ``logmel``: [n_mels, frames], dB or power mel (torchaudio MelSpectrogram);
+* ``panns_logmel``: [n_mels, frames], PANNs log-mel in dB (Slaney mel, 10*log10, floor -100 dB);
+* ``kaldi_fbank``: [n_mels, frames], AST's Kaldi log filter bank (natural log, mean-removed waveform);
+* ``waveform``: [1, samples], the decoded, mono, resampled waveform itself.
+
+The key hashes the file's absolute path, size and modification time with the front end's ``params()``
+(its name, sample_rate and every setting that changes its output; ``logmel``'s parameters are the ones
+this cache always used, so its old entries stay valid), so editing a file or a feature setting misses the
+cache, and two front ends or settings never share an entry. Entries are written atomically (temp file +
+``os.replace``), so workers or ranks that race on one entry, or a killed process, never leave a torn file.
+Stale entries are never read; ``rm -r <cache_dir>`` reclaims their space.
 """
 from __future__ import annotations
 
@@ -21,41 +29,53 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.audio import AudioError, load_audio
-from data.features import LogMel
 
 CACHE_VERSION = 1
 
 
 class FeatureCache:
-    """Whole-track spectrograms keyed by (file, size, mtime, LogMel parameters).
+    """Whole-track features keyed by (file, size, mtime, front-end parameters).
 
     Args:
         cache_dir: folder for entries (created on demand).
-        logmel: the CPU LogMel that computes missing entries.
+        logmel: the front end (any of ``data.frontends.FRONTENDS``) that computes missing entries on the CPU;
+            also reachable as ``frontend``.
     """
 
-    def __init__(self, cache_dir, logmel: LogMel):
+    def __init__(self, cache_dir, logmel: torch.nn.Module):
         self.dir = Path(cache_dir) / "features"
         self.logmel = logmel.cpu().eval()
         self.params = logmel.params()
+
+    @property
+    def frontend(self) -> torch.nn.Module:
+        return self.logmel
+
+    @property
+    def pad_value(self) -> float | None:
+        """What crops and windows of a track shorter than them are padded with (None: the track's minimum)."""
+        return self.logmel.pad_value
 
     def entry(self, path: str) -> Path:
         """Cache file for ``path``. Raises AudioError when ``path`` does not exist."""
         try:
             st = os.stat(path)
         except OSError:
-            raise AudioError(path, "file not found", "check the path, or rebuild the index with --rebuild_index=True") from None
+            raise AudioError(path, "file not found",
+                             "check the path, or rebuild the index with --rebuild_index=True") from None
         blob = json.dumps([CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns, self.params])
         key = hashlib.sha1(blob.encode("utf-8", "surrogateescape")).hexdigest()
         return self.dir / key[:2] / f"{key}.npy"
 
     def compute(self, path: str) -> np.ndarray:
-        """LogMel of the whole decoded, mono, resampled file: float32 [n_mels, frames]. Raises AudioError."""
+        """Front end of the whole decoded, mono, resampled file: float32 [n_mels, frames] ([1, samples] for
+        ``waveform``). Raises AudioError."""
         with torch.no_grad():
             return self.logmel(load_audio(path, self.params["sample_rate"])).numpy()
 
     def get(self, path: str, entry: Path | None = None) -> np.ndarray:
-        """The cached spectrogram of ``path``, computed and stored on a miss (or an unreadable entry).
+        """The cached features of ``path`` (see :meth:`compute`), computed and stored on a miss (or an
+        unreadable entry).
 
         Raises:
             AudioError: the audio file is missing or cannot be decoded.

@@ -1,4 +1,5 @@
-"""Datasets over cached whole-track spectrograms, a reproducible epoch sampler and the collate functions.
+"""Datasets over cached whole-track features (spectrograms [n_mels, frames] or waveforms [1, samples]),
+a reproducible epoch sampler and the collate functions.
 
 A clip that cannot be read during an epoch (deleted, corrupted since indexing) becomes a
 :class:`Skipped` item: the collate functions drop it and report it with the batch, so an epoch never
@@ -29,6 +30,7 @@ class _Tracks(Dataset):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths, self.labels, self.cache = list(paths), [int(y) for y in labels], cache
         self.entries = list(entries) if entries is not None else [None] * len(self.paths)
+        self.pad_value = cache.pad_value  # the front end's silence, for tracks shorter than a crop or window
 
     def __len__(self):
         return len(self.paths)
@@ -62,7 +64,7 @@ class ClipDataset(_Tracks):
         if isinstance(mel, Skipped):
             return mel
         rng = np.random.default_rng([self.seed, epoch, index])
-        x = torch.from_numpy(np.ascontiguousarray(random_crop(mel, self.clip_frames, rng)))[None]
+        x = torch.from_numpy(np.ascontiguousarray(random_crop(mel, self.clip_frames, rng, self.pad_value)))[None]
         if self.image is not None:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 torch.manual_seed(int(rng.integers(2 ** 62)))
@@ -84,7 +86,7 @@ class TrackDataset(_Tracks):
         mel = self.load(index)
         if isinstance(mel, Skipped):
             return mel
-        return cut_windows(mel, self.window_frames, self.hop_frames), self.labels[index], index
+        return cut_windows(mel, self.window_frames, self.hop_frames, self.pad_value), self.labels[index], index
 
 
 class EpochSampler(Sampler):

@@ -1,8 +1,11 @@
-"""Cutting whole-track spectrograms into fixed-length pieces along time (frames).
+"""Cutting whole-track features into fixed-length pieces along time (the last axis, in frames).
 
 Training takes one random crop per track per epoch; evaluation and prediction cut the whole track into
-windows and average the model's logits over them (one decision per track). A track shorter than a window
-is padded with its quietest value (silence), placed at random in training and centred in evaluation.
+windows and average the model's logits over them (one decision per track). Features are any front end's
+output [rows, frames] (``data.frontends``): a spectrogram [n_mels, frames] or a waveform [1, samples].
+A track shorter than a window is padded with ``pad_value``, the front end's silence (its ``pad_value``;
+None: the track's quietest value, i.e. silence in dB for ``logmel``), placed at random in training and
+centred in evaluation.
 """
 from __future__ import annotations
 
@@ -10,17 +13,18 @@ import numpy as np
 import torch
 
 
-def _pad(mel: np.ndarray, width: int, left: int) -> np.ndarray:
-    out = np.full((mel.shape[0], width), mel.min(), dtype=mel.dtype)
+def _pad(mel: np.ndarray, width: int, left: int, pad_value: float | None) -> np.ndarray:
+    out = np.full((mel.shape[0], width), mel.min() if pad_value is None else pad_value, dtype=mel.dtype)
     out[:, left:left + mel.shape[1]] = mel
     return out
 
 
-def random_crop(mel: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A ``width``-frame crop of ``mel`` [n_mels, frames] at a uniformly random start (padded if shorter)."""
+def random_crop(mel: np.ndarray, width: int, rng: np.random.Generator, pad_value: float | None = None) -> np.ndarray:
+    """A ``width``-frame crop of ``mel`` [rows, frames] at a uniformly random start; a shorter ``mel`` is
+    padded with ``pad_value`` (None: its minimum) at a random offset."""
     frames = mel.shape[1]
     if frames < width:
-        return _pad(mel, width, int(rng.integers(0, width - frames + 1)))
+        return _pad(mel, width, int(rng.integers(0, width - frames + 1)), pad_value)
     start = int(rng.integers(0, frames - width + 1))
     return mel[:, start:start + width]
 
@@ -39,11 +43,12 @@ def window_starts(frames: int, width: int, hop: int) -> list[int]:
     return starts
 
 
-def cut_windows(mel: np.ndarray, width: int, hop: int) -> torch.Tensor:
-    """All evaluation windows of ``mel`` [n_mels, frames] -> float32 tensor [N, 1, n_mels, width]."""
+def cut_windows(mel: np.ndarray, width: int, hop: int, pad_value: float | None = None) -> torch.Tensor:
+    """All evaluation windows of ``mel`` [rows, frames] -> float32 tensor [N, 1, rows, width]; a shorter
+    ``mel`` gives one centred window padded with ``pad_value`` (None: its minimum)."""
     frames = mel.shape[1]
     if frames < width:
-        return torch.from_numpy(_pad(mel, width, (width - frames) // 2))[None, None]
+        return torch.from_numpy(_pad(mel, width, (width - frames) // 2, pad_value))[None, None]
     return torch.from_numpy(np.stack([mel[:, s:s + width] for s in window_starts(frames, width, hop)]))[:, None]
 
 
