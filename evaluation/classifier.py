@@ -8,7 +8,10 @@
 
 Any length works: the whole recording is cut into the training window (``clip_seconds``) every
 ``eval_hop_seconds`` and the logits are averaged, exactly as in evaluation. ``predict.py`` and
-``evaluate.py`` build their models and features through this class, from the checkpoint alone.
+``evaluate.py`` build their models and features through this class, from the checkpoint alone: the front
+end (log-mel, PANNs log-mel, Kaldi fbank or raw waveform) and the input transform come from the
+checkpoint's ``config`` and ``features["norm"]``; configs written before front ends existed mean today's
+log-mel and 3-channel image.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.audio import AudioError, load_audio, resample
+from data.audio import MIN_SECONDS, AudioError, load_audio, resample
 from data.features import build_features, window_frames
 from data.windows import cut_windows, window_starts
 from evaluation import forward_windows
@@ -50,6 +53,8 @@ class Prediction:
 class Classifier:
     """A model plus its feature pipeline and label names, in eval mode on ``device``.
 
+    ``logmel`` is the front end (any of ``data.frontends``; also :attr:`frontend`) and ``image`` the input
+    transform (also :attr:`input_transform`). ``window``/``hop`` are in the front end's frames.
     ``config`` is the training config of the checkpoint and ``meta`` its other entries (``label_names``,
     ``features``, ``epoch``, ``best``, ``experiment_name``, ``splits``...), without the training state.
     """
@@ -77,8 +82,23 @@ class Classifier:
         return cls(model, logmel, image, names, window, hop, pick_device(device), cfg, meta)
 
     @property
+    def frontend(self):
+        """The front end: waveform [T] -> features [n_mels, frames] (or [1, samples])."""
+        return self.logmel
+
+    @property
+    def input_transform(self):
+        """The input transform: windows [N, 1, rows, W] -> model inputs."""
+        return self.image
+
+    @property
     def sample_rate(self) -> int:
         return self.logmel.sample_rate
+
+    @property
+    def min_seconds(self) -> float:
+        """The shortest audio training accepts (``data.audio.MIN_SECONDS``, seconds)."""
+        return MIN_SECONDS
 
     def waveform(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> torch.Tensor:
         """Mono float32 [T] at :attr:`sample_rate`, decoded, down-mixed and resampled as in training.
@@ -97,12 +117,14 @@ class Classifier:
                 raise ValueError(f"waveform must be a finite non-empty [T] or [channels, T] array, "
                                  f"got shape {tuple(np.shape(audio))}")
             if wave.numel() < min_seconds * sample_rate:
-                raise AudioError("<waveform>", f"is only {wave.numel() / sample_rate:.3f} s long", "use a longer recording")
+                raise AudioError("<waveform>", f"is only {wave.numel() / sample_rate:.3f} s long",
+                                 "use a longer recording")
             return resample(wave, int(sample_rate), self.sample_rate)
         return load_audio(audio, self.sample_rate, min_seconds=min_seconds)
 
     def spectrogram(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> np.ndarray:
-        """Whole-recording spectrogram float32 [n_mels, frames], computed on the CPU like the training cache.
+        """Whole-recording features float32 [n_mels, frames] ([1, samples] for the waveform front end),
+        computed on the CPU like the training cache.
 
         Arguments and errors as :meth:`waveform`.
         """
@@ -110,8 +132,8 @@ class Classifier:
             return self.logmel(self.waveform(audio, sample_rate, min_seconds)).numpy()
 
     def logits_of_spectrogram(self, mel: np.ndarray) -> torch.Tensor:
-        """Window-averaged logits float32 [num_classes] (cpu) of a whole-recording spectrogram [n_mels, frames]."""
-        windows = cut_windows(mel, self.window, self.hop)
+        """Window-averaged logits float32 [num_classes] (cpu) of whole-recording features (:meth:`spectrogram`)."""
+        windows = cut_windows(mel, self.window, self.hop, self.logmel.pad_value)
         return forward_windows(self.model, self.image, windows, self.device).mean(0).cpu()
 
     def classify(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> Prediction:
@@ -120,7 +142,7 @@ class Classifier:
         with torch.no_grad():
             mel = self.logmel(wave).numpy()
         probs = self.logits_of_spectrogram(mel).softmax(0)
-        windows = len(window_starts(mel.shape[1], self.window, self.hop))
+        windows = len(window_starts(mel.shape[-1], self.window, self.hop))
         return Prediction(probs, self.label_names, windows, wave.numel() / self.sample_rate)
 
     def predict(self, audio, sample_rate: int | None = None, top_k: int = 5, min_seconds: float = 0.0
