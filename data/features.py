@@ -14,8 +14,9 @@ Config keys (read with ``cfg.get`` so the configs of older checkpoints keep thei
 * ``input_layout``: ``"image"`` (default; :class:`MelImage`, 3-channel ``resize`` x ``resize`` images for
   ImageNet CNNs), ``"spectrogram"`` (:class:`SpectrogramInput`, [B, 1, n_mels, frames] for CNN14 and AST),
   ``"waveform"`` (:class:`WaveformInput`, [B, 1, 1, samples] for the wav2vec2 family).
-* ``normalization``: ``"auto"`` (default: the front end's choice, i.e. training-split statistics for log
-  features, none for the tutorial's power mel and for waveforms), ``"train"`` (training-split mean and
+* ``normalization``: ``"auto"`` (default: the front end's choice: training-split statistics for ``logmel``
+  in dB and ``kaldi_fbank``; none for the tutorial's power mel, for ``panns_logmel`` (CNN14's learned
+  ``bn0`` normalises) and for waveforms), ``"train"`` (training-split mean and
   std), ``"fixed"`` (``norm_mean``, ``norm_std``; AST: -4.2677393 and 4.5689974 * 2), ``"none"``,
   ``"per_clip"`` (each crop or window to zero mean and unit variance, as Wav2Vec2FeatureExtractor's
   ``do_normalize``). :func:`normalisation_for` gives a run's statistics.
@@ -71,11 +72,18 @@ class InputTransform(nn.Module):
     Raises ValueError for a non-finite ``mean`` or a non-positive ``std``.
     """
 
+    frontends = ("logmel", "panns_logmel", "kaldi_fbank")  # the front ends whose output this layout takes
+
     def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False):
         super().__init__()
         if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
             raise ValueError(f"normalisation needs a finite mean and a positive std, got mean={mean}, std={std}")
         self.augment, self.mean, self.std, self.per_clip = augment, float(mean), float(std), bool(per_clip)
+
+    @classmethod
+    def from_config(cls, cfg: dict, augment: nn.Module | None, mean: float, std: float,
+                    per_clip: bool) -> "InputTransform":
+        return cls(augment, mean, std, per_clip)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Augment (training mode) and normalise a batch [B, C, F, T]."""
@@ -119,6 +127,10 @@ class MelImage(InputTransform):
         super().__init__(augment, mean, std, per_clip)
         self.resize, self.scale = int(resize), scale
 
+    @classmethod
+    def from_config(cls, cfg, augment, mean, std, per_clip) -> "MelImage":
+        return cls(cfg["resize"], cfg["scale"], augment, mean, std, per_clip)
+
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         size = (self.resize, self.resize)
         if self.scale == "power":
@@ -146,16 +158,14 @@ class WaveformInput(InputTransform):
     Input: float32 [1, 1, samples] or [B, 1, 1, samples]. Output: the same shape, float32.
     """
 
+    frontends = ("waveform",)
+
     def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False):
         super().__init__(None, mean, std, per_clip)
 
 
-# input_layout -> (transform class, front ends it accepts): a new layout is one entry.
-LAYOUTS = {
-    "image": (MelImage, ("logmel", "panns_logmel", "kaldi_fbank")),
-    "spectrogram": (SpectrogramInput, ("logmel", "panns_logmel", "kaldi_fbank")),
-    "waveform": (WaveformInput, ("waveform",)),
-}
+# input_layout -> transform class (with ``from_config`` and the ``frontends`` it takes): a new layout is one entry.
+LAYOUTS = {"image": MelImage, "spectrogram": SpectrogramInput, "waveform": WaveformInput}
 
 
 def normalisation_stats(mels) -> tuple[float, float]:
@@ -227,19 +237,16 @@ def build_input_transform(cfg: dict, frontend: nn.Module, mean: float = 0.0, std
     layout = cfg.get("input_layout", "image")
     if layout not in LAYOUTS:
         raise ConfigError(f"--input_layout={layout}: choose one of {', '.join(LAYOUTS)}")
-    cls, frontends = LAYOUTS[layout]
-    if frontend.name not in frontends:
+    cls = LAYOUTS[layout]
+    if frontend.name not in cls.frontends:
         raise ConfigError(f"--input_layout={layout} cannot take the {frontend.name} front end; it takes "
-                          f"{', '.join(frontends)} (choose the backbone's layout, or leave both to --arch)")
+                          f"{', '.join(cls.frontends)} (choose the backbone's layout, or leave both to --arch)")
     mode = normalization_mode(cfg, frontend)
     if mode == "fixed":
         mean, std = _fixed_stats(cfg)
     elif mode != "train":
         mean, std = 0.0, 1.0
-    per_clip = mode == "per_clip"
-    if cls is MelImage:
-        return MelImage(cfg["resize"], cfg["scale"], augment, mean, std, per_clip)
-    return cls(augment, mean, std, per_clip)
+    return cls.from_config(cfg, augment, mean, std, mode == "per_clip")
 
 
 def build_features(cfg: dict, mean: float = 0.0, std: float = 1.0, augment: nn.Module | None = None

@@ -141,7 +141,7 @@ class PannsLogMel(_CentredStft):
     name = "panns_logmel"
     AMIN = 1e-10
     pad_value = 10.0 * math.log10(AMIN)  # -100 dB: a zero-padded waveform
-    auto_normalization = "train"
+    auto_normalization = "none"  # CNN14 normalises with its own learned bn0, as pretrained
 
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float = 0.0,
                  f_max: float | None = None):
@@ -192,7 +192,7 @@ class KaldiFbank(nn.Module):
 
     name = "kaldi_fbank"
     pad_value = 0.0
-    auto_normalization = "train"
+    auto_normalization = "train"  # AST's recipe for a new dataset: its own mean/std (src/get_norm_stats.py)
 
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float = 20.0,
                  f_max: float | None = None):
