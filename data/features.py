@@ -64,6 +64,8 @@ class InputTransform(nn.Module):
 
     Normalisation is ``(x - mean) / std`` with SpecAugment masks filled with ``mean`` (0 after
     normalising); the augmentation works in the front end's units (dB for log-mel), before normalising.
+    (``kaldi_fbank`` is a natural log: RandomGain's ``10 * log10(g)`` step is 4.3 times ``ln(g)`` there, so
+    AST's recipe, masks only, leaves noise and gain off.)
     With ``per_clip`` each example's own mean is removed first, masks are filled with 0 (that mean), and the
     result is divided by ``sqrt(var + 1e-7)`` of the un-augmented example (``mean``/``std`` are unused;
     a power-scale random gain then scales around the clip's mean).
