@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.audio import AudioError, load_audio, resample
+from data.audio import MIN_SECONDS, AudioError, load_audio, resample
 from data.features import build_features, window_frames
 from data.windows import cut_windows, window_starts
 from evaluation import forward_windows
@@ -79,6 +79,11 @@ class Classifier:
     @property
     def sample_rate(self) -> int:
         return self.logmel.sample_rate
+
+    @property
+    def min_seconds(self) -> float:
+        """Shortest recording accepted, in seconds: training's minimum (``data.audio.MIN_SECONDS``)."""
+        return MIN_SECONDS
 
     def waveform(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> torch.Tensor:
         """Mono float32 [T] at :attr:`sample_rate`, decoded, down-mixed and resampled as in training.
