@@ -1,19 +1,36 @@
-"""Evaluate a trained checkpoint on a split of its data: top-1, macro-F1, per-class table, confusion matrix.
+"""Evaluate a trained checkpoint on a split of its data, or on any labelled folder or CSV: top-1, macro-F1
+with 95% bootstrap intervals, per-class table, confusion matrix.
 
     python evaluate.py runs/<experiment>                    # its best.pt, on test (val when the run has none)
     python evaluate.py runs/<experiment>/last.pt --split=val
     python evaluate.py runs/<experiment> --data_root=/new/place/GTZAN    # the data moved since training
+    python evaluate.py runs/<experiment> --data_root=other/ --split=all  # every track of a labelled folder
+    python evaluate.py runs/<experiment> --csv=other.csv --errors=wrong.csv  # a CSV (path,label); list the errors
 
-The split is rebuilt from the checkpoint's config (data_root, split, val_size, test_size, split_seed) with
-the checkpoint's label names, so it is the split training used; the track list saved in the checkpoint
-is compared with it and any difference is reported. Every track is cut into clip_seconds windows every
-eval_hop_seconds and the model's logits are averaged over them, the same code as training's validation
-(evaluation.predict_tracks). Prints the metrics and scikit-learn's per-class table, writes
-confusion_matrix_<split>.png and merges the metrics into metrics.json in the run folder.
+For train/val/test, the split is rebuilt from the checkpoint's config (data_root, split, val_size, test_size,
+split_seed, group_pattern, folds, fold) with the checkpoint's label names, so it is the split training used;
+the track list saved in the checkpoint is compared with it and any difference is reported. Results go to the
+run folder: confusion_matrix_<split>.png and the <split> entry of metrics.json.
+
+--split=all scores every track of --data_root (<label>/<audio> folders), of --csv (columns path,label; paths
+relative to the CSV's folder), or of the training data when neither is given. Labels are matched to the
+checkpoint's label names by name: a label the model does not know is an error listing both sets; classes the
+model knows that the data lacks are reported. Tracks the model saw in training (its train or val part) are
+counted and named in the protocol. Results never touch the run's own metrics.json: they go to --out_dir
+(default <run folder>/eval_<data folder or CSV name>/): index.csv, confusion_matrix_all.png and the "all"
+entry of its metrics.json.
+
+Every track is cut into clip_seconds windows every eval_hop_seconds and the model's logits are averaged over
+them, the same code as training's validation (evaluation.predict_tracks). Prints the metrics with their 95%
+intervals (percentile bootstrap over tracks, evaluation.metrics.bootstrap_intervals) and scikit-learn's
+per-class table. --errors=FILE writes the misclassified recordings (path, true label, top-3 labels with
+probabilities) as CSV, to listen to them.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -22,30 +39,45 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from sklearn.metrics import f1_score
+
 from data import DataError, prepare_data
 from data.dataset import TrackDataset, collate_tracks
-from data.splits import PARTS
+from data.index import read_index
+from data.splits import split_parts
 from evaluation import predict_tracks, track_loss
 from evaluation.classifier import Classifier
-from evaluation.metrics import classification_metrics, close, save_report
+from evaluation.metrics import classification_metrics, close, interval_text, save_report
 from experiment.checkpoint import CheckpointError
 from experiment.distributed import pick_device
 from experiment.tracking import Tracker
 
 PROTOCOLS = {"test": "held-out test split, checkpoint chosen on val",
              "val": "val split, also used to choose the checkpoint (optimistic)",
-             "train": "training split (the model has seen these tracks)"}
+             "train": "training split (the model has seen these tracks)",
+             "all": "every track of the evaluated data"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run folder (meaning its best.pt) or a .pt checkpoint")
-    p.add_argument("--split", choices=("train", "val", "test"), default=None,
-                   help="split to evaluate (default: test when the run's split has one, else val)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
+                   help="split to evaluate; all: every track of --data_root or --csv (default: all with --csv, "
+                        "else test when the run's split has one, else val)")
     p.add_argument("--data_root", default=None,
-                   help="where the training data is now, if it moved (default: the checkpoint's data_root); the "
-                        "index is then rebuilt into <run folder>/eval_index.csv unless --csv_path is given")
+                   help="with train/val/test: where the training data is now, if it moved (the index is then rebuilt "
+                        "into <run folder>/eval_index.csv unless --csv_path is given); with --split=all: any folder "
+                        "of <label>/<audio files> (default: the checkpoint's data_root)")
+    p.add_argument("--csv", default=None,
+                   help="score the tracks listed in this CSV (columns path,label; paths relative to its folder); "
+                        "implies --split=all")
+    p.add_argument("--out_dir", default=None,
+                   help="with --split=all: folder for index.csv, metrics.json and the confusion matrix (default: "
+                        "<run folder>/eval_<data folder or CSV name>)")
+    p.add_argument("--errors", default=None, metavar="FILE",
+                   help="write the misclassified recordings to this CSV: path, true label, top-3 labels with "
+                        "probabilities")
     p.add_argument("--csv_path", default=None, help="index CSV to use or write (default: the checkpoint's)")
     p.add_argument("--cache_dir", default=None, help="spectrogram cache folder (default: the checkpoint's)")
     p.add_argument("--batch_size", type=int, default=None, help="tracks per batch (default: the checkpoint's)")
@@ -57,6 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--swanlab_logdir", default=None, help="folder of local/offline SwanLab runs (default: the "
                                                           "checkpoint's swanlab_logdir)")
     args = p.parse_args(argv)
+    if args.csv and (args.data_root or args.split not in (None, "all")):
+        p.error("--csv scores the tracks it lists (--split=all); it does not combine with --data_root or "
+                f"--split={args.split}")
     if args.batch_size is not None and args.batch_size < 1:
         p.error(f"--batch_size must be at least 1, got {args.batch_size}")
     try:
@@ -84,7 +119,7 @@ def data_config(config: dict, args: argparse.Namespace, run_dir: Path) -> dict:
 
 def check_split_exists(split: str, cfg: dict) -> None:
     """Raise DataError naming the run's splits when ``split`` is not one of them."""
-    parts = PARTS.get(cfg["split"], ())
+    parts = split_parts(cfg)
     if split not in parts:
         raise DataError(f"--split={split}: this run was trained with split={cfg['split']}, which has only "
                         f"{'/'.join(parts)}. For a held-out test split, train with --split=stratified "
@@ -146,8 +181,80 @@ def log_to_swanlab(mode: str, log_dir: str, cfg: dict, meta: dict, split: str, m
     tracker.finish("success")
 
 
+def external_config(config: dict, args: argparse.Namespace, run_dir: Path):
+    """``(cfg, index, out_dir)`` for --split=all: the checkpoint's config with every track of --csv, --data_root
+    or its own data as the one part ``all`` (no groups, no folds). ``index`` is the read --csv (else None:
+    prepare_data indexes the folder into ``<out_dir>/index.csv``); ``out_dir`` is --out_dir or
+    ``<run folder>/eval_<data folder or CSV name>``. Raises DataError for an unreadable CSV."""
+    index = read_index(Path(args.csv)) if args.csv else None
+    root = args.data_root or config["data_root"]
+    name = Path(args.csv).stem if args.csv else Path(root).resolve().name
+    out_dir = Path(args.out_dir) if args.out_dir else run_dir / f"eval_{name}"
+    csv_path = args.csv_path or (out_dir / "index.csv" if args.data_root else config["csv_path"])
+    cfg = dict(config, split="all", folds=0, group_pattern="", rebuild_index=False, data_root=root,
+               csv_path=str(csv_path), cache_dir=args.cache_dir or config["cache_dir"])
+    return cfg, index, out_dir
+
+
+def seen_in_training(meta: dict, config: dict, paths) -> int | None:
+    """How many of ``paths`` were in the checkpoint's train or val part (None when it records no track lists)."""
+    recorded = meta.get("splits")
+    if not recorded:
+        return None
+    root = Path(config["data_root"])
+    seen = {os.path.normpath(root / p) for part in ("train", "val") for p in recorded.get(part, [])}
+    return sum(os.path.normpath(p) in seen for p in paths)
+
+
+def external_report(clf: Classifier, out: dict, source: str) -> dict:
+    """Print which of the model's classes the data lacks and what training saw; return metrics.json extras
+    (``data``, ``absent_classes``, ``macro_f1_present``: macro-F1 over the classes present, ``seen_in_training``,
+    ``protocol``)."""
+    present = sorted(set(out["labels"].tolist()))
+    absent = [n for i, n in enumerate(clf.label_names) if i not in present]
+    extra = dict(data=source, absent_classes=absent, macro_f1_present=out["metrics"]["macro_f1"])
+    if absent:
+        pred = out["logits"].argmax(1).numpy()
+        extra["macro_f1_present"] = float(f1_score(out["labels"].numpy(), pred, labels=present, average="macro",
+                                                   zero_division=0))
+        print(f"{len(absent)} of the model's {len(clf.label_names)} classes are absent from this data: "
+              f"{', '.join(absent)}. macro-F1 averages all {len(clf.label_names)} classes (absent ones count 0); "
+              f"over the {len(present)} present classes it is {100 * extra['macro_f1_present']:.1f}%.")
+    seen = seen_in_training(clf.meta, clf.config, out["paths"])
+    extra["seen_in_training"] = seen
+    extra["protocol"] = (f"every track of {source}; " + (
+        "the checkpoint records no track lists, so overlap with training is unknown" if seen is None else
+        f"{seen} of them in training's train/val parts (optimistic)" if seen else
+        "none of them in training's train/val parts"))
+    if seen:
+        print(f"warning: {seen} of these {len(out['paths'])} tracks were in training's train/val parts: the numbers "
+              "are optimistic", file=sys.stderr)
+    return extra
+
+
+def write_errors(path, out: dict, label_names: list[str], k: int = 3) -> int:
+    """Write the misclassified tracks of :func:`evaluate_split`'s ``out`` to the CSV ``path`` (atomically):
+    ``path,true_label,top1_label,top1_probability,...`` for the ``k`` most probable labels. Returns the rows."""
+    probs = out["logits"].softmax(1)
+    k = min(k, len(label_names))
+    top = probs.topk(k, dim=1)
+    wrong = (out["logits"].argmax(1) != out["labels"]).nonzero().flatten().tolist()  # as in the metrics
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.writer(f)
+        header = [f"top{j}_{c}" for j in range(1, k + 1) for c in ("label", "probability")]
+        writer.writerow(["path", "true_label"] + header)
+        for i in wrong:
+            cells = [(label_names[int(c)], f"{float(q):.4f}") for c, q in zip(top.indices[i], top.values[i])]
+            writer.writerow([out["paths"][i], label_names[int(out["labels"][i])]] + [v for cell in cells for v in cell])
+    os.replace(tmp, path)
+    return len(wrong)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Evaluate; returns :func:`evaluate_split`'s dict plus ``split``, ``png`` and ``metrics_json`` paths.
+    """Evaluate; returns :func:`evaluate_split`'s dict plus ``split``, ``png``, ``metrics_json`` and ``out_dir``.
 
     Raises:
         FileNotFoundError, CheckpointError: no usable checkpoint at the path.
@@ -159,12 +266,16 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt = ckpt / "best.pt"
     run_dir = ckpt.parent
     clf = Classifier.from_checkpoint(ckpt, args.device)
-    split = args.split or ("test" if "test" in PARTS.get(clf.config["split"], ()) else "val")
-    check_split_exists(split, clf.config)
-    cfg = data_config(clf.config, args, run_dir)
+    split = args.split or ("all" if args.csv else "test" if "test" in split_parts(clf.config) else "val")
+    if split == "all":
+        cfg, index, out_dir = external_config(clf.config, args, run_dir)
+    else:
+        check_split_exists(split, clf.config)
+        cfg, index, out_dir = data_config(clf.config, args, run_dir), None, run_dir
     data = prepare_data(cfg, clf.logmel, label_names=clf.label_names,
-                        num_workers=max(args.num_workers, torch.multiprocessing.cpu_count() or 1))
-    check_same_split(clf.meta.get("splits"), data.track_lists()[split], split)
+                        num_workers=max(args.num_workers, torch.multiprocessing.cpu_count() or 1), index=index)
+    if split != "all":
+        check_same_split(clf.meta.get("splits"), data.track_lists()[split], split)
     seconds = (cfg["clip_seconds"], cfg["eval_hop_seconds"])
     print(f"{ckpt} (epoch {clf.meta.get('epoch', '?')}) on {split}: {len(data.splits[split])} tracks, "
           f"windows of {seconds[0]:g} s every {seconds[1]:g} s, logits averaged per track, {clf.device}", flush=True)
@@ -172,20 +283,25 @@ def main(argv: list[str] | None = None) -> dict:
     for path, reason in {(s.path, s.reason) for s in out["skipped"]}:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     m = out["metrics"]
+    extra = dict(protocol=PROTOCOLS[split], checkpoint=str(ckpt.resolve()) if split == "all" else ckpt.name,
+                 epoch=clf.meta.get("epoch"), loss=out["loss"], evaluated_by="evaluate.py",
+                 splits={split: data.split_record()[split]})
+    if split == "all":
+        extra |= external_report(clf, out, args.csv or str(data.data_root))
     title = (f"{clf.meta.get('experiment_name') or run_dir.name}\n{split} ({ckpt.name}, epoch "
              f"{clf.meta.get('epoch', '?')}): top-1 {100 * m['top1']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f}%")
-    png, fig = save_report(run_dir, split, m, clf.label_names, title,
-                           extra=dict(protocol=PROTOCOLS[split], checkpoint=ckpt.name, epoch=clf.meta.get("epoch"),
-                                      loss=out["loss"], evaluated_by="evaluate.py"))
+    png, fig = save_report(out_dir, split, m, clf.label_names, title, extra=extra)
     if args.swanlab_mode != "disabled":
         log_to_swanlab(args.swanlab_mode, args.swanlab_logdir or cfg.get("swanlab_logdir", "swanlog"), cfg,
-                       clf.meta, split, m, fig, run_dir)
+                       clf.meta, split, m, fig, out_dir)
     close(fig)
     print(f"\n{m['report']}")
-    print(f"{split} top-1 {100 * m['top1']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f}%, loss {out['loss']:.4f} "
-          f"({m['n']} tracks; {PROTOCOLS[split]})")
-    print(f"confusion matrix: {png}\nmetrics: {run_dir / 'metrics.json'}")
-    return out | dict(split=split, png=str(png), metrics_json=str(run_dir / "metrics.json"))
+    print(f"{split} top-1 {100 * m['top1']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f}%, loss {out['loss']:.4f}; "
+          f"{interval_text(m)}; {extra['protocol']}")
+    if args.errors:
+        print(f"{write_errors(args.errors, out, clf.label_names)} misclassified recording(s) written to {args.errors}")
+    print(f"confusion matrix: {png}\nmetrics: {out_dir / 'metrics.json'}")
+    return out | dict(split=split, png=str(png), metrics_json=str(out_dir / "metrics.json"), out_dir=str(out_dir))
 
 
 if __name__ == "__main__":

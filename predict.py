@@ -9,8 +9,12 @@ down-mixed, resampled and cut into the training window (clip_seconds) every eval
 model's logits are averaged over the windows, exactly as in evaluation. The label names come from the
 checkpoint.
 
-A file that cannot be decoded, or is shorter than 0.5 s, gets one error line naming it on stderr and the
-others are still classified; the exit status is 1 only when no file could be classified.
+Short recordings work as in training: the shortest clip accepted is the checkpoint's minimum
+(Classifier.min_seconds, the index builder's data.audio.MIN_SECONDS = 0.05 s), and a recording shorter than
+the training window is padded exactly as in evaluation (centred, with its quietest value), so a file gets the
+same probabilities here as in evaluate.py whatever its length. A file that cannot be decoded, holds no samples
+or is shorter than that minimum gets one error line naming it on stderr and the others are still classified;
+the exit status is 1 only when no file could be classified.
 --json prints one JSON document on stdout (the progress bar and error lines go to stderr):
     {"checkpoint": ..., "label_names": [...],
      "predictions": [{"path": ..., "seconds": ..., "windows": ..., "top_k": [{"label": ..., "probability": ...}]}],
@@ -25,12 +29,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.audio import AUDIO_EXTENSIONS, AudioError
+from data.audio import AUDIO_EXTENSIONS, MIN_SECONDS, AudioError
 from evaluation.classifier import Classifier
 from experiment.checkpoint import CheckpointError
 from experiment.distributed import pick_device
-
-MIN_SECONDS = 0.5  # shorter recordings are refused: too little music to classify
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CKPT", help="a .pt checkpoint, or a run folder (meaning its best.pt)")
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help=f"audio files, or folders searched recursively for {' '.join(AUDIO_EXTENSIONS)}")
+                   help=f"audio files, or folders searched recursively for {' '.join(AUDIO_EXTENSIONS)}; at least "
+                        f"training's minimum, {MIN_SECONDS:g} s (shorter than the training window: padded as in "
+                        "evaluation)")
     p.add_argument("--top_k", type=int, default=3, help="labels shown per file, most probable first (default: 3)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1 ...")
@@ -82,7 +86,7 @@ def classify_files(clf: Classifier, files: list[str], top_k: int, on_error=None)
     quiet = len(files) < 2 or not sys.stderr.isatty()  # no bar in logs: error lines stay plain lines
     for path in tqdm(files, desc="Classifying", unit="file", disable=quiet, leave=False, file=sys.stderr):
         try:
-            pred = clf.classify(path, min_seconds=MIN_SECONDS)
+            pred = clf.classify(path, min_seconds=clf.min_seconds)
         except AudioError as err:
             message = f"{err.reason}. Fix: {err.fix}"
         except Exception as err:  # anything else a hostile file provokes in the decoder or resampler

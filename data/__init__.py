@@ -14,52 +14,78 @@ import pandas as pd
 from data.cache import FeatureCache
 from data.features import LogMel
 from data.index import DataError, Index, find_data_root, load_or_build_index, read_index, warn_skipped
+from data.splits import GROUP, assign_groups, split_tracks
 from data.splits import label_names as sorted_label_names
-from data.splits import make_splits
 
 
 @dataclass
 class PreparedData:
-    """Splits ready for datasets: each DataFrame has ``path``, ``label``, ``y`` (class id) and ``entry``
-    (the cache file). ``unusable`` lists (path, reason) for files dropped while indexing or decoding."""
+    """Splits ready for datasets: each DataFrame has ``path``, ``label``, ``y`` (class id), ``entry`` (the
+    cache file) and, when the data has groups, ``group``. ``unusable`` lists (path, reason) for files dropped
+    while indexing or decoding; ``group_source`` says where the groups came from ("" when there are none)."""
     data_root: Path
     index: Index
     splits: dict[str, pd.DataFrame]
     label_names: list[str]
     cache: FeatureCache
     unusable: list = field(default_factory=list)
+    group_source: str = ""
 
     def track_lists(self) -> dict[str, list[str]]:
         """{split name: its tracks' paths relative to ``data_root``, in split order}: what a checkpoint
         records so that ``evaluate.py`` can check it rebuilt the very split the model was trained with."""
         return {name: [os.path.relpath(p, self.data_root) for p in part.path] for name, part in self.splits.items()}
 
+    def split_record(self) -> dict[str, dict]:
+        """JSON-able record of the splits for ``metrics.json`` and checkpoints: {split name: {``tracks``: paths
+        relative to ``data_root`` in split order, ``groups``: the sorted distinct groups in it ([] without
+        groups), ``class_counts``: {label: tracks} for every label name, 0 included}}."""
+        lists = self.track_lists()
+        return {name: dict(tracks=lists[name],
+                           groups=sorted(set(part[GROUP])) if GROUP in part.columns else [],
+                           class_counts={n: int((part.label == n).sum()) for n in self.label_names})
+                for name, part in self.splits.items()}
+
 
 def prepare_data(cfg: dict, logmel: LogMel, is_main: bool = True, barrier=lambda: None,
-                 label_names: list[str] | None = None, num_workers: int = 0, show_progress: bool = True) -> PreparedData:
+                 label_names: list[str] | None = None, num_workers: int = 0, show_progress: bool = True,
+                 index: Index | None = None) -> PreparedData:
     """Index ``cfg["data_root"]``, split it, and cache every clip's features, computed by ``logmel`` (any
     front end of ``data.frontends``, e.g. from ``data.features.build_features``).
 
     Rank 0 (``is_main``) writes the index and fills the cache while the other ranks wait at ``barrier``;
-    then every rank reads them. ``label_names`` (from a checkpoint) fixes the class ids; a label in the data
-    that it does not contain is an error.
+    then every rank reads them. ``index`` (e.g. ``read_index`` of a user's CSV) replaces that step; paths are
+    then relative to the CSV's folder. ``label_names`` (from a checkpoint) fixes the class ids; a label in
+    the data that it does not contain is an error that lists both sets.
+    Groups come from the index's ``group`` column or ``cfg["group_pattern"]``, and the parts from
+    ``data.splits.split_tracks(cfg)``: k-fold when ``cfg["folds"]`` >= 2 (fold ``cfg["fold"]``), else
+    ``cfg["split"]``. Keys added after the first release are read with ``cfg.get`` and their defaults.
 
     Raises:
-        DataError: no data, one class, an empty split, every clip of a split unusable, unknown labels.
+        DataError: no data, one class, an empty split, every clip of a split unusable, unknown labels, a group
+        pattern that matches nothing, groups with split=tutorial, split=all for training.
     """
-    data_root = find_data_root(cfg["data_root"])
-    csv_path = Path(cfg["csv_path"])
-    if is_main:
-        index = load_or_build_index(data_root, csv_path, cfg["rebuild_index"], show_progress)
-    barrier()
-    if not is_main:
-        index = read_index(csv_path)
+    if index is None:
+        data_root = find_data_root(cfg["data_root"])
+        csv_path = Path(cfg["csv_path"])
+        if is_main:
+            index = load_or_build_index(data_root, csv_path, cfg["rebuild_index"], show_progress)
+        barrier()
+        if not is_main:
+            index = read_index(csv_path)
+    else:
+        data_root = index.csv_path.parent
     names = list(label_names) if label_names is not None else sorted_label_names(index.df.label)
     unknown = sorted(set(index.df.label) - set(names))
     if unknown:
-        raise DataError(f"label(s) {unknown} in {index.csv_path} are not among the checkpoint's classes {names}. "
-                        "Evaluate on data with the same classes, or train a new model.")
-    splits = make_splits(index.df, cfg["split"], cfg["val_size"], cfg["test_size"], cfg["split_seed"])
+        raise DataError(f"label(s) {unknown} in {index.csv_path} are not among the checkpoint's classes {names} "
+                        f"(the data's labels: {sorted_label_names(index.df.label)}). Evaluate on data with the "
+                        "model's classes (labels are matched by name), or train a new model.")
+    df, group_source = assign_groups(index.df, cfg.get("group_pattern", ""))
+    splits = split_tracks(df, cfg)
+    if "train" not in splits and label_names is None:
+        raise DataError(f"split={cfg.get('split')} has no training part; it is for evaluate.py. Train with "
+                        "split=tutorial, stratified or fault_filtered.")
 
     cache = FeatureCache(cfg["cache_dir"], logmel)
     paths = sorted({p for part in splits.values() for p in part.path})
@@ -78,9 +104,9 @@ def prepare_data(cfg: dict, logmel: LogMel, is_main: bool = True, barrier=lambda
         if part.empty:
             raise DataError(f"every clip of the {name} split failed to decode (see the warning above)")
         out[name] = part
-    if out["train"].label.nunique() < 2:
+    if "train" in out and out["train"].label.nunique() < 2:
         raise DataError("the training split has fewer than two usable classes; add data")
-    lost = set(names) - set(out["train"].label)
+    lost = set(names) - set(out["train"].label) if "train" in out else set()
     if lost and label_names is None:
         warnings.warn(f"class(es) {sorted(lost)} have no usable training clip", stacklevel=2)
-    return PreparedData(data_root, index, out, names, cache, list(index.skipped) + list(errors))
+    return PreparedData(data_root, index, out, names, cache, list(index.skipped) + list(errors), group_source)

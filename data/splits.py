@@ -1,31 +1,116 @@
-"""Label mapping and train/val/test splits, always by track (a file is one track).
+r"""Label mapping and train/val/test splits, always by track (a file is one track), and by group when the
+data has groups.
+
+Splits (the ``split`` config key; :data:`SPLITS` is the registry, one entry per split):
 
 * ``tutorial``: per label, ``train_test_split(test_size=val_size, random_state=split_seed)`` -> train/val.
   This is the SwanLab tutorial's split (0.2, 42), with files sorted instead of in ``os.listdir`` order
   (which differs between file systems), so results are comparable with its 71.5% / 87.5%.
-* ``stratified``: stratified train/val/test with ``val_size`` and ``test_size``.
+* ``stratified``: stratified train/val/test with ``val_size`` and ``test_size`` (fractions of all tracks).
 * ``fault_filtered``: the artist-filtered, fault-filtered GTZAN split of Kereliuk, Sturm & Larsen (2015),
   443/197/290 tracks, as shipped by ``torchaudio.datasets.gtzan`` (the standard protocol in MIR papers).
+* ``all``: every track as one part named ``all`` (``evaluate.py --split=all`` on any labelled folder or CSV);
+  it has no training part, so training refuses it.
+* k-fold cross-validation: ``folds`` = K >= 2 replaces ``split`` (:func:`make_folds`, fold ``fold`` = i in
+  0..K-1). Test = fold i of ``StratifiedGroupKFold(K, shuffle=True, random_state=split_seed)``, so the K test
+  parts partition the data; val = one fold of a ``StratifiedGroupKFold`` of the rest with about ``val_size`` of
+  all tracks (same seed); train = the rest. Without groups each track is its own group.
+
+Groups (speaker, artist, session: recordings that must all stay on one side) come from a ``group`` column in
+the index CSV or else from ``group_pattern``, a regular expression searched (``re.search``) in each track's path
+written with ``/``: the group is the first capture group, or the whole match when the pattern has none. E.g.
+FSDD's ``<digit>_<speaker>_<n>.wav``: ``_([a-z]+)_\d+\.wav$``. The column wins over the pattern (a warning says
+so). A pattern that matches no path is a DataError; paths it does not match become groups of their own, with
+one warning listing them. How each split treats groups (:attr:`SplitKind.groups`):
+
+* ``stratified`` and k-fold ("split"): no group is in two parts. scikit-learn's ``StratifiedGroupKFold`` keeps
+  whole groups together and the label mix of each part close to the data's. Sizes are then approximate and in
+  whole groups: test is one of ``round(1 / test_size)`` group folds and val one of
+  ``round((1 - test_size) / val_size)`` folds of the rest (each at most the number of groups there, at least 2).
+* ``tutorial`` ("reject"): a DataError, since a per-label random split cannot keep groups apart: use
+  ``split=stratified`` (or k-fold).
+* ``fault_filtered`` ("ignore"): groups are ignored with a warning; the published split is already
+  artist-filtered.
+* ``all`` ("keep"): groups are only recorded.
+
+Checks: a class absent from the training part is a DataError. A class absent from val or test (possible with
+groups or many folds, since whole groups move) is a warning naming the part and the classes: their per-class
+rows are empty and macro-F1 counts them as 0.
 """
 from __future__ import annotations
 
 import os
+import re
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from data.index import DataError
 
-# The parts each split makes: evaluate.py checks a requested part before loading any audio.
-PARTS = {"tutorial": ("train", "val"), "stratified": ("train", "val", "test"),
-         "fault_filtered": ("train", "val", "test")}
-SPLITS = tuple(PARTS)
+GROUP = "group"  # the column of a track's group, in the index CSV and in every split DataFrame that has groups
 
 
 def label_names(labels) -> list[str]:
     """Sorted class names; the id of a class is its position. One mapping for every split, saved in checkpoints."""
     return sorted(set(labels))
+
+
+def groups_from_pattern(paths, pattern: str) -> list[str]:
+    """The group of each path: ``re.search(pattern, path)`` on the path written with ``/``; its first capture
+    group, or the whole match when the pattern has none. A path it does not match is a group of its own.
+
+    Raises:
+        DataError: the pattern is not a valid regular expression, or it matches none of the paths.
+    Warns about the paths it does not match (each then forms its own group).
+    """
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise DataError(f"group_pattern={pattern!r} is not a valid regular expression ({err}).") from None
+    groups, unmatched = [], []
+    for path in paths:
+        match = regex.search(str(path).replace(os.sep, "/"))
+        value = (match.group(1) if regex.groups else match.group(0)) if match else None
+        if not value:
+            unmatched.append(str(path))
+        groups.append(value or str(path))
+    if unmatched and len(unmatched) == len(groups):
+        raise DataError(f"group_pattern={pattern!r} matches none of the {len(groups)} paths (e.g. {unmatched[0]}). "
+                        "It is searched (re.search) in each full path written with '/', and its first capture group "
+                        r"is the group; e.g. FSDD's <digit>_<speaker>_<n>.wav: '_([a-z]+)_\d+\.wav$'. Fix the "
+                        "pattern, or leave it empty for no groups.")
+    if unmatched:
+        warnings.warn(f"group_pattern={pattern!r} does not match {len(unmatched)} of {len(groups)} path(s); each "
+                      "forms a group of its own: " + ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else ""),
+                      stacklevel=2)
+    return groups
+
+
+def assign_groups(df: pd.DataFrame, pattern: str = "") -> tuple[pd.DataFrame, str]:
+    """Give the index ``df`` (``path``, ``label``, maybe ``group``) its ``group`` column.
+
+    A ``group`` column from the index CSV wins over ``pattern`` (a warning says so when both are given); its
+    blank cells become groups of their own (one warning). Else ``pattern`` makes the groups
+    (:func:`groups_from_pattern`). Returns ``(df, source)``: ``source`` says where the groups came from, ``""``
+    (and ``df`` unchanged, without the column) when there are none. Raises DataError as groups_from_pattern.
+    """
+    if GROUP in df.columns:
+        if pattern:
+            warnings.warn(f"the index CSV has a '{GROUP}' column: it defines the groups and "
+                          f"group_pattern={pattern!r} is ignored", stacklevel=2)
+        blank = df[GROUP].fillna("").astype(str).str.strip() == ""
+        if blank.any():
+            warnings.warn(f"{int(blank.sum())} track(s) with an empty '{GROUP}' cell each form a group of their own "
+                          f"(e.g. {df.path[blank].iloc[0]})", stacklevel=2)
+        groups = df[GROUP].where(~blank, df.path).astype(str)
+        return df.assign(**{GROUP: groups}), f"the '{GROUP}' column of the index CSV"
+    if pattern:
+        return df.assign(**{GROUP: groups_from_pattern(df.path, pattern)}), f"group_pattern {pattern!r}"
+    return df, ""
 
 
 def _check_classes(df: pd.DataFrame, minimum: int, what: str) -> None:
@@ -54,7 +139,8 @@ def split_tutorial(df: pd.DataFrame, val_size: float = 0.2, split_seed: int = 42
 
 def split_stratified(df: pd.DataFrame, val_size: float = 0.1, test_size: float = 0.1,
                      split_seed: int = 42) -> dict[str, pd.DataFrame]:
-    """Stratified train/val/test; ``val_size`` and ``test_size`` are fractions of all tracks.
+    """Stratified train/val/test; ``val_size`` and ``test_size`` are fractions of all tracks. With a ``group``
+    column the parts share no group (:func:`split_stratified_groups`).
 
     Raises DataError for sizes outside (0, 1), fewer than 3 tracks in a class, or a held-out part smaller
     than the number of classes."""
@@ -62,6 +148,8 @@ def split_stratified(df: pd.DataFrame, val_size: float = 0.1, test_size: float =
         raise DataError(f"val_size={val_size} and test_size={test_size} must be in (0, 1) with a sum below 1")
     _check_classes(df, 3, "the stratified split")
     df = df.sort_values(["label", "path"])
+    if GROUP in df.columns:
+        return split_stratified_groups(df.reset_index(drop=True), val_size, test_size, split_seed)
     try:
         rest, test = train_test_split(df, test_size=test_size, stratify=df.label, random_state=split_seed)
         train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=rest.label,
@@ -70,6 +158,44 @@ def split_stratified(df: pd.DataFrame, val_size: float = 0.1, test_size: float =
         raise DataError(f"split=stratified with val_size={val_size}, test_size={test_size} on {len(df)} tracks: "
                         f"{err}. Val and test each need at least one track per class: raise --val_size/--test_size "
                         "or add data.") from None
+    return {"train": train, "val": val, "test": test}
+
+
+def _n_folds(fraction: float, groups: int) -> int:
+    """Folds whose one fold holds about ``fraction`` of the tracks: ``round(1 / fraction)`` in [2, groups]."""
+    return int(min(max(2, round(1 / fraction)), groups))
+
+
+def _group_fold(df: pd.DataFrame, n_splits: int, fold: int, split_seed: int, what: str):
+    """``(rest, held_out)``: held_out = fold ``fold`` of ``StratifiedGroupKFold(n_splits, shuffle=True,
+    random_state=split_seed)`` over ``df`` (its ``group`` column, else each track its own group), stratified by
+    label. ``df`` must be sorted (label, path) with a fresh index, so the result does not depend on row order."""
+    groups = df[GROUP] if GROUP in df.columns else df.path
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=split_seed)
+    try:
+        rest, held = list(splitter.split(np.zeros(len(df)), df.label, groups))[fold]
+    except ValueError as err:  # e.g. more folds than groups, or than tracks of every class
+        raise DataError(f"{what}: {err}. Use fewer folds, larger val/test sizes, or more data.") from None
+    return df.iloc[rest].reset_index(drop=True), df.iloc[held].reset_index(drop=True)
+
+
+def split_stratified_groups(df: pd.DataFrame, val_size: float, test_size: float,
+                            split_seed: int) -> dict[str, pd.DataFrame]:
+    """Group-aware stratified train/val/test of ``df`` sorted by (label, path), with a ``group`` column.
+
+    Test is fold 0 of ``StratifiedGroupKFold(round(1 / test_size))`` (at most one fold per group), val fold 0 of
+    ``StratifiedGroupKFold(round((1 - test_size) / val_size))`` over the rest (same ``split_seed``), train the
+    rest: no group is in two parts and sizes are in whole groups. Raises DataError for fewer than 3 groups.
+    """
+    n = df[GROUP].nunique()
+    if n < 3:
+        raise DataError(f"split=stratified with groups needs at least 3 groups (one each for train, val and test) "
+                        f"but the data has {n}: {', '.join(sorted(df[GROUP].unique()))}. Use data with more "
+                        "groups, or no groups.")
+    what = f"split=stratified with {n} groups"
+    rest, test = _group_fold(df, _n_folds(test_size, n), 0, split_seed, what)
+    rest_groups = rest[GROUP].nunique()
+    train, val = _group_fold(rest, _n_folds(val_size / (1 - test_size), rest_groups), 0, split_seed, what)
     return {"train": train, "val": val, "test": test}
 
 
@@ -86,6 +212,9 @@ def split_fault_filtered(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """
     from torchaudio.datasets import gtzan
 
+    if GROUP in df.columns:
+        warnings.warn("split=fault_filtered ignores the groups: the published split is already artist-filtered",
+                      stacklevel=3)
     lists = {"train": gtzan.filtered_train, "val": gtzan.filtered_valid, "test": gtzan.filtered_test}
     ids = df.path.map(gtzan_id)
     if ids.duplicated().any():
@@ -106,25 +235,121 @@ def split_fault_filtered(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+@dataclass(frozen=True)
+class SplitKind:
+    """One entry of :data:`SPLITS`.
+
+    ``parts``: the part names it makes. ``make(df, val_size, test_size, split_seed)`` -> {part: DataFrame}.
+    ``groups``: how it treats a ``group`` column: "split" (no group in two parts), "reject" (DataError),
+    "ignore" (warned about by ``make``), "keep" (only recorded).
+    """
+    parts: tuple[str, ...]
+    make: Callable[[pd.DataFrame, float, float, int], dict]
+    groups: str
+
+
+SPLITS = {
+    "tutorial": SplitKind(("train", "val"), lambda df, val, test, seed: split_tutorial(df, val, seed), "reject"),
+    "stratified": SplitKind(("train", "val", "test"), split_stratified, "split"),
+    "fault_filtered": SplitKind(("train", "val", "test"), lambda df, val, test, seed: split_fault_filtered(df),
+                                "ignore"),
+    "all": SplitKind(("all",), lambda df, val, test, seed: {"all": df}, "keep"),
+}
+# The parts each split makes: evaluate.py checks a requested part before loading any audio.
+PARTS = {name: kind.parts for name, kind in SPLITS.items()}
+
+
 def make_splits(df: pd.DataFrame, split: str, val_size: float = 0.2, test_size: float = 0.1,
                 split_seed: int = 42) -> dict[str, pd.DataFrame]:
-    """Dispatch on ``split``; every returned part is non-empty, disjoint and sorted by (label, path).
+    """Dispatch on ``split`` (a :data:`SPLITS` name); a ``group`` column in ``df`` makes the split group-aware
+    as the module docstring says. Every returned part is non-empty, disjoint and sorted by (label, path).
 
     Raises:
-        DataError: unknown split name, too few clips per class, an empty part, or a class absent from train.
+        DataError: unknown split name, too few clips per class, an empty part, a class absent from train, or
+        groups with split=tutorial.
+    Warns when a class is absent from val or test.
     """
-    if split == "tutorial":
-        parts = split_tutorial(df, val_size, split_seed)
-    elif split == "stratified":
-        parts = split_stratified(df, val_size, test_size, split_seed)
-    elif split == "fault_filtered":
-        parts = split_fault_filtered(df)
-    else:
+    kind = SPLITS.get(split)
+    if kind is None:
         raise DataError(f"split={split!r} is unknown; choose one of {', '.join(SPLITS)}")
+    if kind.groups == "reject" and GROUP in df.columns:
+        raise DataError(f"split={split} is a per-label random split and cannot keep the data's groups (its "
+                        f"'{GROUP}' column or group_pattern) apart: use --split=stratified, which is group-aware, "
+                        "or k-fold cross-validation (--folds=K).")
+    return _checked(kind.make(df, val_size, test_size, split_seed), df, f"split={split}")
+
+
+def make_folds(df: pd.DataFrame, folds: int, fold: int, val_size: float = 0.2,
+               split_seed: int = 42) -> dict[str, pd.DataFrame]:
+    """Train/val/test of fold ``fold`` (0..folds-1) of ``folds``-fold cross-validation, group- and
+    label-stratified (scikit-learn's ``StratifiedGroupKFold``).
+
+    Test = fold ``fold`` of ``StratifiedGroupKFold(folds, shuffle=True, random_state=split_seed)`` over the
+    ``group`` column (each track its own group without one), so the test parts of the ``folds`` folds partition
+    the data. Val = fold 0 of ``StratifiedGroupKFold(round((1 - 1/folds) / val_size))`` over the rest (about
+    ``val_size`` of all tracks, same seed); train = the rest. No group is in two parts. Parts are sorted by
+    (label, path); the result does not depend on the row order of ``df``.
+
+    Raises:
+        DataError: ``folds`` < 2, ``fold`` outside 0..folds-1, ``val_size`` outside (0, 1), fewer than 3 tracks
+        in a class, fewer groups than ``folds`` (or than 2 left for train and val), a class absent from train.
+    Warns when a class is absent from a fold's val or test.
+    """
+    what = f"fold {fold} of {folds}-fold cross-validation"
+    if folds < 2 or not 0 <= fold < folds:
+        raise DataError(f"{what}: folds must be at least 2 and fold in 0..folds-1 (fold {fold}, folds {folds})")
+    if not 0 < val_size < 1:
+        raise DataError(f"{what}: val_size={val_size} must be in (0, 1)")
+    _check_classes(df, 3, f"{folds}-fold cross-validation")
+    df = df.sort_values(["label", "path"]).reset_index(drop=True)
+    groups = (df[GROUP] if GROUP in df.columns else df.path).nunique()
+    if groups < folds:
+        raise DataError(f"{folds}-fold cross-validation needs at least {folds} groups, but the data has {groups}. "
+                        "Use fewer folds.")
+    rest, test = _group_fold(df, folds, fold, split_seed, what)
+    rest_groups = (rest[GROUP] if GROUP in rest.columns else rest.path).nunique()
+    if rest_groups < 2:
+        raise DataError(f"{what}: the other folds hold {rest_groups} group, but train and val need one each. "
+                        "Use data with more groups.")
+    train, val = _group_fold(rest, _n_folds(val_size / (1 - 1 / folds), rest_groups), 0, split_seed, what)
+    return _checked({"train": train, "val": val, "test": test}, df, what)
+
+
+def _checked(parts: dict[str, pd.DataFrame], df: pd.DataFrame, what: str) -> dict[str, pd.DataFrame]:
+    """Refuse empty parts and a training part without some class; warn about classes absent from val/test."""
     for name, part in parts.items():
         if part.empty:
-            raise DataError(f"the {name} split is empty; use more data or other split sizes")
-    missing = set(df.label) - set(parts["train"].label)
-    if missing:
-        raise DataError(f"class(es) {sorted(missing)} have no training clip in split={split}")
+            raise DataError(f"the {name} split is empty ({what}); use more data or other split sizes")
+    classes = set(df.label)
+    if "train" in parts and classes - set(parts["train"].label):
+        raise DataError(f"class(es) {sorted(classes - set(parts['train'].label))} have no training clip in {what}")
+    for name, part in parts.items():
+        missing = sorted(classes - set(part.label))
+        if name != "train" and missing:
+            warnings.warn(f"the {name} part ({what}) has no track of class(es) {missing}: their per-class rows are "
+                          "empty and macro-F1 counts them as 0. Whole groups move between parts: try another "
+                          "split_seed, fewer folds or more data.", stacklevel=3)
     return {k: v.sort_values(["label", "path"]).reset_index(drop=True) for k, v in parts.items()}
+
+
+def split_tracks(df: pd.DataFrame, cfg: dict) -> dict[str, pd.DataFrame]:
+    """The parts a config asks for: :func:`make_folds` when ``cfg["folds"]`` >= 2, else :func:`make_splits`.
+
+    Reads ``folds`` (0: off), ``fold`` (0), ``split`` ("tutorial"), ``val_size`` (0.2), ``test_size`` (0.1) and
+    ``split_seed`` (42) with those defaults, so configs of older checkpoints work. Raises DataError as those do,
+    and for ``folds`` = 1.
+    """
+    folds = int(cfg.get("folds", 0) or 0)
+    if folds == 1 or folds < 0:
+        raise DataError(f"folds={folds}: use 0 (no cross-validation) or at least 2 folds")
+    if folds:
+        return make_folds(df, folds, int(cfg.get("fold", 0)), cfg.get("val_size", 0.2), cfg.get("split_seed", 42))
+    return make_splits(df, cfg.get("split", "tutorial"), cfg.get("val_size", 0.2), cfg.get("test_size", 0.1),
+                       cfg.get("split_seed", 42))
+
+
+def split_parts(cfg: dict) -> tuple[str, ...]:
+    """The part names :func:`split_tracks` makes for ``cfg`` (empty for an unknown split name)."""
+    if int(cfg.get("folds", 0) or 0) >= 2:
+        return "train", "val", "test"
+    return PARTS.get(cfg.get("split", "tutorial"), ())

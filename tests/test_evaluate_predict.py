@@ -250,13 +250,13 @@ def test_predict_table_with_a_corrupt_file_among_good_ones(ckpt_dir, clf, music,
 
 
 def test_predict_all_bad_or_too_short_fails(ckpt_dir, tmp_path, capsys):
-    short = write_wav(tmp_path / "short.wav", 0.2, 8000)
+    short = write_wav(tmp_path / "short.wav", 0.03, 8000)  # below training's minimum, data.audio.MIN_SECONDS
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"ID3\x03\x00garbage" * 100)
     assert predict.main([str(ckpt_dir), str(short), str(broken), str(tmp_path / "missing.wav")]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 4  # one per file, then the summary
-    assert any(str(short) in e and "0.200 s" in e for e in err)
+    assert any(str(short) in e and "0.030 s" in e for e in err)
     assert any(str(broken) in e for e in err) and any("missing.wav" in e and "no such file" in e for e in err)
 
 
