@@ -32,11 +32,11 @@ FRONTEND_KEYS = ("spectrogram_extractor.stft.conv_real.weight", "spectrogram_ext
 HEAD = ("fc_audioset.weight", "fc_audioset.bias")
 FRONTEND_TOLERANCE = 1e-5
 # What torch.load(weights_only=True) must accept in the official files besides tensors: the 16 kHz file also
-# pickles numpy arrays (numpy 1.x names, as the files were written in 2020).
+# pickles numpy data, under numpy 1.x names (the files were written in 2020) or numpy 2 names (re-saved files).
 _MULTIARRAY = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 | 1
-_NUMPY_GLOBALS = [(_MULTIARRAY._reconstruct, "numpy.core.multiarray._reconstruct"),
-                  (_MULTIARRAY.scalar, "numpy.core.multiarray.scalar"), np.ndarray, np.dtype,
-                  np.dtypes.Int64DType, np.dtypes.Float64DType]
+_NUMPY_GLOBALS = [_MULTIARRAY._reconstruct, _MULTIARRAY.scalar, np.ndarray, np.dtype, np.dtypes.Int64DType,
+                  np.dtypes.Float64DType, (_MULTIARRAY._reconstruct, "numpy.core.multiarray._reconstruct"),
+                  (_MULTIARRAY.scalar, "numpy.core.multiarray.scalar")]
 
 
 def _init_layer(layer: nn.Module) -> None:

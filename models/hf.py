@@ -70,10 +70,20 @@ class SpectrogramTransformer(nn.Module):
         return self.transformer(input_values=x).logits
 
 
+def min_samples(config) -> int:
+    """The receptive field of a wav2vec2-family convolutional feature encoder, in samples (400 = 25 ms at 16 kHz
+    for the base models): the shortest input that gives one frame."""
+    size, jump = 1, 1
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+        size, jump = size + (kernel - 1) * jump, jump * stride
+    return size
+
+
 class WaveformTransformer(nn.Module):
     """wav2vec2 / HuBERT on the ``waveform`` layout: float32 [B, 1, 1, samples] -> logits float32 [B, num_classes].
 
-    The model pools its frames (one per 20 ms at 16 kHz) by their mean; ``samples`` must be at least 400 (25 ms).
+    The model pools its frames (one per 20 ms for the base models) by their mean; ``samples`` must be at least
+    :func:`min_samples` (400 for the base models).
     """
 
     def __init__(self, transformer: nn.Module):
@@ -85,8 +95,9 @@ class WaveformTransformer(nn.Module):
         return {"config": config_dict(self.transformer.config)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != 1:
-            raise ValueError(f"a waveform model takes [batch, 1, 1, samples], got {tuple(x.shape)}")
+        shortest = min_samples(self.transformer.config)
+        if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != 1 or x.shape[3] < shortest:
+            raise ValueError(f"a waveform model takes [batch, 1, 1, >= {shortest} samples], got {tuple(x.shape)}")
         return self.transformer(input_values=x.flatten(1)).logits
 
 
@@ -95,24 +106,29 @@ def _classes(spec: HFSpec):
     return getattr(transformers, spec.config_class), getattr(transformers, spec.model_class)
 
 
-def _cache_folder(model_id: str) -> str:
+def cache_folder(model_id: str) -> str:
+    """The folder of ``model_id`` in the Hugging Face cache (``HF_HUB_CACHE/models--<org>--<name>``)."""
     return os.path.join(constants.HF_HUB_CACHE, "models--" + model_id.replace("/", "--"))
 
 
 def _offline_error(entry, err: Exception, weights) -> PretrainedWeightsError:
-    what = f"the Hugging Face model {entry.weights} for {entry.name}" + (f" from --weights={weights}" if weights else "")
+    what = f"the Hugging Face model {entry.weights} for {entry.name}"
+    what += f" from --weights={weights}" if weights else ""
     return PretrainedWeightsError(offline_message(
         what, err, f"transformers downloads it from {constants.ENDPOINT}/{entry.weights}",
-        _cache_folder(entry.weights),
+        cache_folder(entry.weights),
         f"`hf download {entry.weights}` on a connected machine fills that cache; "
         "set $HF_HOME or $HF_HUB_CACHE to use another folder",
         f"a folder with config.json and the weights, e.g. from `hf download {entry.weights} --local-dir PATH`"))
 
 
 def _from_pretrained(model_class, source: str, num_classes: int, local: bool):
-    return model_class.from_pretrained(source, num_labels=num_classes, ignore_mismatched_sizes=True,
-                                       output_loading_info=True, local_files_only=local,
-                                       cache_dir=constants.HF_HUB_CACHE)
+    # id2label sets num_labels=K (passing num_labels next to the checkpoint's 527-entry id2label only adds a
+    # misleading "incompatible" warning); the project's label names live in the checkpoint, not here.
+    labels = {i: f"LABEL_{i}" for i in range(num_classes)}
+    return model_class.from_pretrained(source, id2label=labels, label2id={v: k for k, v in labels.items()},
+                                       ignore_mismatched_sizes=True, output_loading_info=True,
+                                       local_files_only=local, cache_dir=constants.HF_HUB_CACHE)
 
 
 def load_pretrained(entry, num_classes: int, weights=None) -> nn.Module:

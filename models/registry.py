@@ -9,7 +9,6 @@ none: they take the config's own log-mel image.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from types import MappingProxyType
 from typing import Callable, Mapping
 
@@ -28,7 +27,8 @@ class Backbone:
     """One ``--arch``.
 
     ``weights``: what ``pretrained=True`` loads, a file URL (with ``weights_file``, its cache file name) or a
-    Hugging Face model id. ``checksum``: the published checksum of that file (None where none is published).
+    Hugging Face model id. ``checksum``: the published checksum of that file: for ImageNet the sha256 prefix in
+    torchvision's file name (torchvision checks it); None where none is published (the Hub checks its own files).
     ``params``: parameters of the network without its new classification head (computed; checked by
     tests/test_backbones.py). ``reference``: a published number with its protocol. ``frontend``: the config keys
     of the input it was pretrained on (None: the config's own features). ``head``: module names of the new
@@ -62,8 +62,15 @@ def _imagenet(name: str, params: int, reference: str = "") -> Backbone:
 
 
 _TUTORIAL = "GTZAN, tutorial per-genre 80/20 split, best epoch on the 200 validation clips (SwanLab tutorial)"
+# PANNs front end: audioset_tagging_cnn pytorch/models.py (Cnn14, Cnn14_16k) and utils/config.py, torchlibrosa
+# Spectrogram + LogmelFilterBank (hann, center, reflect, power 2, librosa Slaney mel, 10*log10(max(x, 1e-10)),
+# ref 1.0, top_db None). No fixed normalisation: bn0 is a learned BatchNorm over the mel bins.
 _PANNS = dict(frontend="panns_logmel", n_mels=64, f_min=50.0, input_layout="spectrogram", normalization="none")
 _ZENODO = "https://zenodo.org/record/3987831/files/{}?download=1"
+# The wav2vec2 family reads the 16 kHz waveform, each clip normalised to zero mean and unit variance as
+# Wav2Vec2FeatureExtractor(do_normalize=True) does in the fine-tuning guides (the HF audio course passes
+# do_normalize=True for DistilHuBERT). The config classes' defaults are the base architectures
+# (transformers: "facebook/wav2vec2-base-960h style", "facebook/hubert-base-ls960 style").
 _WAVEFORM = MappingProxyType(dict(frontend="waveform", sample_rate=16000, input_layout="waveform",
                                   normalization="per_clip"))
 _WAV2VEC2_HEAD = ("projector", "classifier")
@@ -106,6 +113,10 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         "BSD-3-Clause", "MIT/ast-finetuned-audioset-10-10-0.4593", 86_187_264,
         "0.88-0.92 accuracy on GTZAN in HF model cards of fine-tuned AST (random split, 100-clip eval); "
         "AudioSet mAP 0.4593",
+        # YuanGongND/ast src/dataloader.py (kaldi fbank: htk_compat, no energy, hanning, dither 0, 10 ms shift,
+        # 25 ms frames, 128 bins; Kaldi's default low_freq 20 Hz, high_freq Nyquist) and egs/audioset/run.sh
+        # (mean -4.2677393, std 4.5689974, 1024 frames), normalised (x - mean) / (2 * std); transformers'
+        # ASTFeatureExtractor has the same defaults.
         dict(frontend="kaldi_fbank", sample_rate=16000, n_fft=400, hop_length=160, n_mels=128, f_min=20.0,
              f_max=8000.0, input_layout="spectrogram", normalization="fixed", norm_mean=-4.2677393,
              norm_std=4.5689974 * 2, clip_seconds=10.24),
@@ -124,6 +135,8 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         "81% on GTZAN, random 90/10 split, best epoch (HF audio course ch. 4: lr 5e-5, batch 8, 10 epochs, "
         "warmup ratio 0.1)", _WAVEFORM,
         HFSpec("HubertConfig", "HubertForSequenceClassification", "waveform", head=_WAV2VEC2_HEAD,
+               # transformers' convert_distilhubert_original_s3prl_checkpoint_to_pytorch.py (convert_config) on
+               # s3prl's distiller: 2 layers, no feature-projection LayerNorm, the base conv encoder.
                config_kwargs=MappingProxyType(dict(
                    num_hidden_layers=2, feat_proj_layer_norm=False, feat_proj_dropout=0.0, final_dropout=0.0,
                    layerdrop=0.0, apply_spec_augment=False)))),
@@ -161,12 +174,10 @@ def build_model(arch: str, num_classes: int, pretrained: bool = True, weights=No
         raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
     if record is not None and record.get("name") != arch:
         raise ValueError(f"the backbone record is for {record.get('name')!r}, not arch={arch!r}")
-    extra = {k: v for k, v in (record or {}).items() if k != "name"}
-    if entry.family == "imagenet_cnn":
-        if overrides:
-            raise ValueError(f"{arch} takes no architecture overrides, got {overrides}")
-        return entry.builder(entry, num_classes, pretrained, weights, record)
-    return entry.builder(entry, num_classes, pretrained, weights, extra if record is not None else None, **overrides)
+    if entry.family == "imagenet_cnn" and overrides:
+        raise ValueError(f"{arch} takes no architecture overrides, got {overrides}")
+    architecture = None if record is None else {k: v for k, v in record.items() if k != "name"}
+    return entry.builder(entry, num_classes, pretrained, weights, architecture, **overrides)
 
 
 def backbone_record(arch: str, model: nn.Module) -> dict:
@@ -190,7 +201,7 @@ def weights_path(arch: str) -> str:
         return imagenet.weights_file(arch)
     if entry.weights_file:
         return hub_file(entry.weights_file)
-    return hf._cache_folder(entry.weights)
+    return hf.cache_folder(entry.weights)
 
 
 def _same(a, b) -> bool:
@@ -206,8 +217,9 @@ def resolve_frontend(cfg: dict, explicit_keys=()) -> dict:
     declares (``Backbone.frontend``): they override the defaults and any preset (``--preset=demo --arch=cnn14``
     runs CNN14 at 32 kHz with its log-mel). ``explicit_keys`` are the keys the user set on the command line: one
     of them set to a different value than the backbone's is an error, since the pretrained weights would see
-    another input than they were trained on; setting it to the same value is fine. ImageNet CNNs declare no front
-    end: ``cfg`` is returned unchanged.
+    another input than they were trained on; setting it to the same value is fine. It applies with
+    ``--pretrained=False`` too: the network's shape follows it (CNN14's ``bn0`` has ``n_mels`` channels, AST takes
+    128 bins x 1024 frames). ImageNet CNNs declare no front end: ``cfg`` is returned unchanged.
     Raises:
         ConfigError: naming each conflicting key, the user's value, the backbone's value and the fix (drop the
             flag, or choose another --arch).
