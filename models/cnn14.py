@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchaudio.functional import melscale_fbanks
 
-from models.weights import PretrainedWeightsError, download_file, hub_file, offline_message
+from models.weights import PretrainedWeightsError, download_file, hub_file, key_list, offline_message
 
 NUM_BLOCKS = 6
 # The official checkpoint's front-end tensors (torchlibrosa Spectrogram + LogmelFilterBank): not part of this module.
@@ -159,15 +159,15 @@ def load_official_state(model: Cnn14, state: dict, frontend: dict, source: str) 
     state = dict(state["model"] if "model" in state else state)
     check_frontend({k: state.pop(k) for k in FRONTEND_KEYS if k in state}, frontend, source)
     own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
     if missing or unexpected:
         raise PretrainedWeightsError(f"{source} is not a CNN14 checkpoint of this layout: "
-                                     f"missing keys {missing}, unexpected keys {unexpected}")
+                                     f"missing keys {key_list(missing)}, unexpected keys {key_list(unexpected)}")
     fresh = [k for k in HEAD if state[k].shape[0] != own[k].shape[0] and state[k].shape[1:] == own[k].shape[1:]]
     wrong = [f"{k} {tuple(state[k].shape)} (model {tuple(own[k].shape)})" for k in own
              if k not in fresh and state[k].shape != own[k].shape]
     if wrong:
-        raise PretrainedWeightsError(f"{source}: shapes do not match: {', '.join(wrong)}")
+        raise PretrainedWeightsError(f"{source}: shapes do not match: {key_list(wrong)}")
     state.update({k: own[k] for k in fresh})
     model.load_state_dict(state, strict=True)
     return fresh

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from huggingface_hub import constants
 from torch import nn
 
-from models.weights import PretrainedWeightsError, offline_message, reachable
+from models.weights import PretrainedWeightsError, key_list, offline_message, reachable
 
 
 @dataclass(frozen=True)
@@ -167,14 +167,14 @@ def check_loading_info(info: dict, spec: HFSpec, source: str) -> None:
     Allowed: missing or re-initialised (size-mismatched) keys of ``spec.head``, unexpected keys under
     ``spec.ignore_unexpected``. Raises PretrainedWeightsError naming every other key.
     """
-    missing = sorted(k for k in info["missing_keys"] if not _is_head(k, spec.head))
-    unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(spec.ignore_unexpected))
-    mismatched = sorted(f"{k} {tuple(a)} -> {tuple(b)}" for k, a, b in info["mismatched_keys"]
-                        if not _is_head(k, spec.head))
+    missing = [k for k in info["missing_keys"] if not _is_head(k, spec.head)]
+    unexpected = [k for k in info["unexpected_keys"] if not k.startswith(spec.ignore_unexpected)]
+    mismatched = [f"{k} {tuple(a)} -> {tuple(b)}" for k, a, b in info["mismatched_keys"] if not _is_head(k, spec.head)]
     if missing or unexpected or mismatched or info["error_msgs"]:
         raise PretrainedWeightsError(
             f"{source} does not fit {spec.model_class}: only the classification head ({', '.join(spec.head)}) may "
-            f"be new, but missing keys {missing}, unexpected keys {unexpected}, re-initialised keys {mismatched}"
+            f"be new, but missing keys {key_list(missing)}, unexpected keys {key_list(unexpected)}, "
+            f"re-initialised keys {key_list(mismatched)}"
             + (f", errors {info['error_msgs']}" if info["error_msgs"] else ""))
 
 

@@ -50,6 +50,13 @@ def offline_message(what: str, err: BaseException, source: str, folder: str, cac
             f"  or train from scratch with --pretrained=False.")
 
 
+def key_list(keys, limit: int = 12) -> str:
+    """Sorted ``keys`` for an error message: all of them, or the first ``limit`` and how many more."""
+    keys = sorted(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "[" + ", ".join(keys[:limit]) + more + "]"
+
+
 def hub_file(file_name: str) -> str:
     """Where torch hub caches a downloaded weights file: ``$TORCH_HOME/hub/checkpoints/<file_name>``."""
     return os.path.join(torch.hub.get_dir(), "checkpoints", file_name)

@@ -265,6 +265,20 @@ def test_a_saved_transformers_checkpoint_loads_with_a_fresh_head_of_k_classes(ar
     assert model(x).shape == (2, 3)
 
 
+def test_legacy_weight_norm_names_of_older_uploads_load(tmp_path, one_thread):
+    """Checkpoints uploaded before torch's weight-norm parametrizations store the positional convolution as
+    ``weight_g`` / ``weight_v``; transformers renames them on load, and nothing is reported new but the head."""
+    save_tiny_checkpoint("hubert_base", tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    prefix = "encoder.pos_conv_embed.conv."
+    state[prefix + "weight_g"] = state.pop(prefix + "parametrizations.weight.original0")
+    state[prefix + "weight_v"] = state.pop(prefix + "parametrizations.weight.original1")
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = build_model("hubert_base", 3, pretrained=True, weights=tmp_path)
+    loaded = model.state_dict()["transformer.hubert." + prefix + "parametrizations.weight.original1"]
+    assert torch.equal(loaded, state[prefix + "weight_v"])
+
+
 @pytest.mark.parametrize("edit, named", [
     (lambda s: s.update({"extra.weight": torch.zeros(2)}), "extra.weight"),
     (lambda s: s.pop("encoder.layer_norm.weight"), "encoder.layer_norm.weight"),
