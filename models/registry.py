@@ -197,11 +197,7 @@ def weights_path(arch: str) -> str:
     """Where ``pretrained=True`` looks for ``arch``'s weights before downloading: the torch hub file
     (``$TORCH_HOME/hub/checkpoints/<file>``) or the model's folder in the Hugging Face cache."""
     entry = get_backbone(arch)
-    if entry.family == "imagenet_cnn":
-        return imagenet.weights_file(arch)
-    if entry.weights_file:
-        return hub_file(entry.weights_file)
-    return hf.cache_folder(entry.weights)
+    return hub_file(entry.weights_file) if entry.weights_file else hf.cache_folder(entry.weights)
 
 
 def _same(a, b) -> bool:
