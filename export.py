@@ -11,11 +11,13 @@ holds their parameters (the checkpoint's config and features.norm), the label na
 the backbone and the run's metrics. Classifier.from_export (and predict.py / app.py on the folder)
 rebuilds them exactly as from the checkpoint, so an export gives the checkpoint's predictions.
 
-ONNX uses torch's TorchScript-based exporter (opset 17, dynamic_axes) by default, which needs only torch;
---dynamo uses the torch.export-based exporter torch recommends since 2.9 (needs: pip install onnxscript).
-Running an ONNX export needs onnxruntime (CPU). After writing, the export is loaded back and run on a batch
-of windows of another batch size than the export's; the largest absolute logit difference to the PyTorch
-checkpoint is printed and saved in export.json, and the command fails (status 1) above --tolerance.
+ONNX uses torch's TorchScript-based exporter (opset 18, dynamic_axes) by default, which needs torch and
+onnx; --dynamo uses the torch.export-based exporter torch recommends since 2.9 (also needs onnxscript).
+Running an ONNX export needs onnxruntime (CPU). Share ONNX with people who should not have to trust your
+files: onnxruntime runs no code from them, while a TorchScript archive holds TorchScript code (load only
+TorchScript exports you trust). After writing, the export is loaded back and run on a batch of windows of
+another batch size than the export's; the largest absolute logit difference to the PyTorch checkpoint is
+printed and saved in export.json, and the command fails (status 1) above --tolerance.
 """
 from __future__ import annotations
 
@@ -102,7 +104,8 @@ def export(args: argparse.Namespace) -> dict:
                 output=dict(name="logits", dtype="float32", shape=["batch", len(clf.label_names)]),
                 window_frames=clf.window, hop_frames=clf.hop, sample_rate=clf.sample_rate,
                 clip_seconds=cfg["clip_seconds"], eval_hop_seconds=cfg["eval_hop_seconds"],
-                features=clf.meta["features"], config=cfg, experiment_name=clf.meta.get("experiment_name"),
+                features=clf.meta["features"], config=cfg, splits=clf.meta.get("splits"),
+                experiment_name=clf.meta.get("experiment_name"),
                 epoch=clf.meta.get("epoch"), best=clf.meta.get("best"), metrics=metrics_summary(read_metrics(run_dir)),
                 exported_from=str(ckpt), exported_with=dict(how, torch=torch.__version__), parity=parity)
     write_export_json(out, spec)

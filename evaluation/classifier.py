@@ -25,7 +25,7 @@ from data.audio import AudioError, load_audio, resample
 from data.features import build_features, window_frames
 from data.windows import cut_windows, window_starts
 from evaluation import forward_windows
-from evaluation.export import read_export
+from evaluation.export import ExportError, read_export
 from experiment.checkpoint import load_checkpoint
 from experiment.distributed import pick_device
 from models import build_model
@@ -117,7 +117,11 @@ class Classifier:
         """
         device = pick_device(device)
         spec, network = read_export(folder, device)
-        logmel, image, window, hop = front_end(spec["config"], spec["features"]["norm"])
+        try:
+            logmel, image, window, hop = front_end(spec["config"], spec["features"]["norm"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ExportError(f"{folder}: export.json's config or features are incomplete or invalid "
+                              f"({type(err).__name__}: {err}). Export again with export.py") from None
         meta = {k: v for k, v in spec.items() if k != "config"}
         names = spec["label_names"]
         return cls(network, logmel, image, names, window, hop, device, spec["config"], meta)

@@ -94,8 +94,15 @@ def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> dic
 
 
 def load_torchscript(path: Path, device: torch.device) -> nn.Module:
-    """A TorchScript archive runs TorchScript code only (no Python pickles), on ``device``."""
-    return torch.jit.load(str(path), map_location=device)
+    """The TorchScript network on ``device`` (an archive holds TorchScript code: load only files you trust).
+
+    Raises ExportError when torch cannot read the file."""
+    try:
+        return torch.jit.load(str(path), map_location=device)
+    except Exception as err:
+        message = " ".join(str(err).split())[:300]
+        raise ExportError(f"{path}: torch.jit cannot read it ({type(err).__name__}: {message}). Export again with "
+                          f"python export.py <run folder> --format torchscript") from None
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ def class_counts(splits: dict | None, label_names: list[str]) -> dict[str, Count
 
 
 def percent(x) -> str:
+    """A fraction as a percentage with one decimal: ``0.8333`` -> ``83.3%``."""
     return f"{100 * float(x):.1f}%"
 
 
@@ -118,6 +119,7 @@ def front_matter(state: dict, summary: dict, dataset: str) -> str:
 
 
 def results_section(state: dict, summary: dict, run_dir: Path) -> list[str]:
+    """Markdown lines: metrics.json's numbers per split with their protocol, best val, the confusion PNGs."""
     best, cfg = state.get("best") or {}, state["config"]
     lines = ["## Results", "", "| split | top-1 | macro-F1 | tracks | protocol |", "|---|---:|---:|---:|---|"]
     for split, m in summary.items():
@@ -138,6 +140,7 @@ def results_section(state: dict, summary: dict, run_dir: Path) -> list[str]:
 
 
 def data_section(state: dict, dataset: str) -> list[str]:
+    """Markdown lines: dataset, labels, split protocol and tracks per class and split."""
     cfg, names = state["config"], state["label_names"]
     counts = class_counts(state.get("splits"), names)
     protocol = SPLIT_PROTOCOLS.get(cfg.get("split"), "split={split}, random_state={split_seed}")
@@ -157,6 +160,7 @@ def data_section(state: dict, dataset: str) -> list[str]:
 
 
 def model_section(state: dict) -> list[str]:
+    """Markdown lines: backbone, front end (Hz, samples, mel bands), input transform and windows (seconds)."""
     cfg, feats = state["config"], state.get("features") or {}
     norm, layout = feats.get("norm") or {}, cfg.get("input_layout", "image")
     f_max = cfg.get("f_max") or cfg.get("sample_rate", 0) / 2
@@ -178,6 +182,7 @@ def model_section(state: dict) -> list[str]:
 
 
 def history_section(history: list[dict]) -> list[str]:
+    """Markdown lines: history.csv as a table in a collapsed block (none without history)."""
     if not history:
         return []
     cols = [c for c in HISTORY_COLUMNS if c[0] in history[0]]
@@ -195,6 +200,7 @@ def history_section(history: list[dict]) -> list[str]:
 
 
 def config_section(cfg: dict) -> list[str]:
+    """Markdown lines: the keys that matter, the full config (collapsed) and the library versions."""
     import torch
     try:
         import torchaudio
@@ -211,6 +217,7 @@ def config_section(cfg: dict) -> list[str]:
 
 
 def usage_section(run_dir: Path) -> list[str]:
+    """Markdown lines: the commands that evaluate, predict with, serve and export this run."""
     run = run_dir.as_posix()
     return ["## Use it", "", "From the mel-classifier project's folder, after `pip install -r requirements.txt`:",
             "", "```bash",

@@ -65,6 +65,7 @@ def test_export_matches_the_checkpoint_and_runs_alone(fmt, run, clf, clips, tmp_
     assert f"max |logit difference| {spec['parity']['max_abs_logit_diff']:.2e}" in printed
     assert spec["label_names"] == clf.label_names and spec["backbone"] == "resnet18"
     assert spec["features"]["norm"] == clf.meta["features"]["norm"] and spec["config"] == clf.config
+    assert spec["splits"] == clf.meta["splits"]  # the demo on an export folder still shows the training data
     assert (spec["window_frames"], spec["hop_frames"]) == (clf.window, clf.hop)
     assert spec["metrics"]["val"]["top1"] == json.loads((run / "metrics.json").read_text())["val"]["top1"]
 
@@ -113,6 +114,16 @@ def test_broken_export_folders_say_what_is_wrong(run, tmp_path):
         Classifier.from_export(tmp_path, "cpu")
     (tmp_path / "export.json").write_text(json.dumps(spec | {"format": "onnx", "file": "../best.pt"}))
     with pytest.raises(ExportError, match="model.onnx is missing"):  # the file name never comes from the JSON
+        Classifier.from_export(tmp_path, "cpu")
+    (tmp_path / "model.onnx").write_bytes(b"not a network")
+    with pytest.raises(ExportError, match="onnxruntime cannot read it"):
+        Classifier.from_export(tmp_path, "cpu")
+    (tmp_path / "export.json").write_text(json.dumps(spec | {"format": "torchscript"}))
+    (tmp_path / "model.torchscript").write_bytes(b"not a network")
+    with pytest.raises(ExportError, match="torch.jit cannot read it"):
+        Classifier.from_export(tmp_path, "cpu")
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(tmp_path / "model.torchscript"))
+    with pytest.raises(ExportError, match="config or features are incomplete"):  # config={}, features={}
         Classifier.from_export(tmp_path, "cpu")
     with pytest.raises(SystemExit):
         export.parse_args([str(run), "--format=torchscript", "--dynamo"])
