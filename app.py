@@ -95,7 +95,8 @@ def time_figure(analysis: Analysis, label_names: list[str]) -> Figure:
     centres = analysis.window_starts + analysis.window_seconds / 2
     fig = Figure(figsize=(8, 1.3 + 0.32 * len(rows)), dpi=100)
     ax = fig.subplots()
-    mesh = ax.pcolormesh(edges(centres, analysis.window_seconds), np.arange(len(rows) + 1) - 0.5,
+    x = np.clip(edges(centres, analysis.window_seconds), 0, analysis.prediction.seconds)  # a short clip: its length
+    mesh = ax.pcolormesh(x, np.arange(len(rows) + 1) - 0.5,
                          probs[:, rows].T, cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(range(len(rows)), [label_names[i] for i in rows])
     ax.invert_yaxis()
@@ -193,7 +194,8 @@ def build_demo(clf: Classifier, metrics: dict | None = None, top_k: int = 5, max
                 with gr.Accordion("About this model", open=True):
                     gr.Markdown(model_summary(clf, metrics or {}))
             with gr.Column(scale=3):
-                label = gr.Label(num_top_classes=min(top_k, len(clf.label_names)), label=f"Top {top_k}")
+                top_k = min(top_k, len(clf.label_names))
+                label = gr.Label(num_top_classes=top_k, label=f"Top {top_k}")
                 timeline = gr.Plot(label="Along time: each window's class probabilities")
                 spectrogram = gr.Plot(label="The log-mel spectrogram the windows are cut from")
                 with gr.Accordion("All numbers (JSON)", open=False):
