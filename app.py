@@ -54,8 +54,8 @@ def reason(err: Exception, path: str) -> str:
     return " ".join(text.replace(repr(os.fsencode(path)), "").replace(path, Path(path).name).split())[:200]
 
 
-def check_upload(path: str, max_mb: float, max_minutes: float, upload_root: str) -> float:
-    """Vet an upload before decoding it; returns its duration in seconds (from the file header).
+def check_upload(path: str, max_mb: float, max_minutes: float, upload_root: str) -> None:
+    """Vet an upload before decoding it.
 
     Raises UploadRefused with a message for the page: the path is not inside ``upload_root`` (Gradio's
     upload folder), the file is over ``max_mb`` MB (os.stat), its header cannot be read, or it is longer
@@ -76,7 +76,6 @@ def check_upload(path: str, max_mb: float, max_minutes: float, upload_root: str)
     if info.duration > max_minutes * 60:
         raise UploadRefused(f"{name} is {info.duration / 60:.1f} minutes long; this demo takes recordings up to "
                             f"{max_minutes:g} minutes (app.py --max_minutes). Use predict.py for long files.")
-    return float(info.duration)
 
 
 def edges(centres: np.ndarray, width: float) -> np.ndarray:
