@@ -25,6 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data.windows import cut_windows
@@ -58,12 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def parity_windows(clf: Classifier, count: int, audio: str | None, seed: int = 0) -> torch.Tensor:
-    """Spectrogram windows float32 [N, 1, n_mels, window]: ``count`` random ones drawn around the training
-    normalisation (so the network sees inputs of the usual range), plus every window of ``audio``."""
+    """Front-end windows float32 [N, 1, ...] (log-mel: [N, 1, n_mels, window frames]): ``count`` random ones
+    drawn around the training normalisation (so the network sees inputs of the usual range), plus every
+    window of ``audio``. The shape comes from the front end itself (a window of silence)."""
     norm = clf.meta["features"]["norm"]
-    generator = torch.Generator().manual_seed(seed)
-    shape = (count, 1, clf.logmel.n_mels, clf.window)
-    windows = torch.randn(shape, generator=generator) * norm["std"] + norm["mean"]
+    silence = np.zeros(int(clf.config["clip_seconds"] * clf.sample_rate), dtype=np.float32)
+    shape = cut_windows(clf.spectrogram(silence, clf.sample_rate), clf.window, clf.hop).shape[1:]
+    windows = torch.randn((count, *shape), generator=torch.Generator().manual_seed(seed)) * norm["std"] + norm["mean"]
     if audio:
         windows = torch.cat([windows, cut_windows(clf.spectrogram(audio), clf.window, clf.hop)])
     return windows
