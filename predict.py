@@ -2,12 +2,14 @@
 
     python predict.py runs/<experiment> song.mp3 other.flac my_music/ --top_k=3
     python predict.py runs/<experiment>/best.pt my_music/ --json > predictions.json
+    python predict.py runs/<experiment>/export_onnx song.mp3       # a folder written by export.py
 
 A PATH is a file or a folder, searched recursively for audio files. Any format soundfile decodes (wav,
 flac, ogg, mp3, au, aiff), any sample rate, mono or multichannel, any length: each recording is
 down-mixed, resampled and cut into the training window (clip_seconds) every eval_hop_seconds, and the
 model's logits are averaged over the windows, exactly as in evaluation. The label names come from the
-checkpoint.
+checkpoint. A folder written by export.py runs without the checkpoint (ONNX through onnxruntime, or
+TorchScript), with the same front end rebuilt from its export.json.
 
 Short recordings work as in training: the shortest clip accepted is the checkpoint's minimum
 (Classifier.min_seconds, the index builder's data.audio.MIN_SECONDS = 0.05 s), and a recording shorter than
@@ -38,7 +40,8 @@ from experiment.distributed import pick_device
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="predict.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", metavar="CKPT", help="a .pt checkpoint, or a run folder (meaning its best.pt)")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="a .pt checkpoint, a run folder (meaning its best.pt), or a folder written by export.py")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help=f"audio files, or folders searched recursively for {' '.join(AUDIO_EXTENSIONS)}; at least "
                         f"training's minimum, {MIN_SECONDS:g} s (shorter than the training window: padded as in "
@@ -126,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0: at least one file classified, 1: none)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        clf = Classifier.from_checkpoint(args.checkpoint, args.device)
-    except (FileNotFoundError, CheckpointError) as err:
+        clf = Classifier.load(args.checkpoint, args.device)
+    except (FileNotFoundError, CheckpointError) as err:  # ExportError is a CheckpointError
         print(f"error: {err}", file=sys.stderr)
         return 1
 

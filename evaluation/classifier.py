@@ -5,17 +5,20 @@
     clf.predict("song.mp3", top_k=3)            # [("rock", 0.71), ("metal", 0.12), ("blues", 0.05)]
     clf.predict(waveform, sample_rate=44100)     # numpy/torch [T], [channels, T] or [T, channels]
     clf.classify("song.mp3")                     # Prediction: all probabilities, windows, duration
+    clf.analyze("song.mp3")                      # Analysis: also per-window probabilities and the spectrogram
+    Classifier.from_export("runs/my-run/export_onnx")   # a folder written by export.py (onnxruntime)
 
 Any length works: the whole recording is cut into the training window (``clip_seconds``) every
 ``eval_hop_seconds`` and the logits are averaged, exactly as in evaluation. ``predict.py`` and
-``evaluate.py`` build their models and features through this class, from the checkpoint alone: the front
-end (log-mel, PANNs log-mel, Kaldi fbank or raw waveform) and the input transform come from the
-checkpoint's ``config`` and ``features["norm"]``; configs written before front ends existed mean today's
-log-mel and 3-channel image.
+``evaluate.py`` build their models and features through this class, from the checkpoint alone; ``app.py``
+(the web demo) and exported folders (``export.py``) too. The front end (log-mel, PANNs log-mel, Kaldi fbank
+or raw waveform) and the input transform come from the checkpoint's ``config`` and ``features["norm"]``;
+configs written before front ends existed mean today's log-mel and 3-channel image.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +27,7 @@ from data.audio import MIN_SECONDS, AudioError, load_audio, resample
 from data.features import build_features, window_frames
 from data.windows import cut_windows, window_starts
 from evaluation import forward_windows
+from evaluation.export import ExportError, read_export
 from experiment.checkpoint import load_checkpoint
 from experiment.distributed import pick_device
 from models import build_model
@@ -50,6 +54,32 @@ class Prediction:
         return [(self.label_names[i], float(p)) for p, i in zip(top.values, top.indices)]
 
 
+@dataclass
+class Analysis:
+    """One recording's prediction and what happened along time (what the web demo shows).
+
+    ``prediction``: as :meth:`Classifier.classify` gives it (the same numbers). ``window_probabilities``:
+    float32 [num_windows, num_classes] (cpu), softmax of each window's logits. ``window_starts``: float
+    [num_windows], start of each window in seconds; every window is ``window_seconds`` long (a recording
+    shorter than one window is padded, centred). ``spectrogram``: float32 [n_mels, frames], the
+    whole-recording spectrogram the windows are cut from; ``frame_seconds`` is its hop (hop_length / sample_rate).
+    """
+    prediction: Prediction
+    window_probabilities: torch.Tensor
+    window_starts: np.ndarray
+    window_seconds: float
+    spectrogram: np.ndarray
+    frame_seconds: float
+
+
+def front_end(cfg: dict, norm: dict) -> tuple:
+    """(logmel, input transform, window frames, hop frames) of a training config and its normalisation
+    statistics (``features.norm``): what :meth:`Classifier.from_checkpoint` and :meth:`Classifier.from_export`
+    both build, so a checkpoint and its export see the same input."""
+    logmel, image = build_features(cfg, **norm)
+    return (logmel, image, *window_frames(cfg, logmel))
+
+
 class Classifier:
     """A model plus its feature pipeline and label names, in eval mode on ``device``.
 
@@ -74,12 +104,39 @@ class Classifier:
         """
         state = load_checkpoint(path)
         cfg, names = state["config"], state["label_names"]
-        logmel, image = build_features(cfg, **state["features"]["norm"])
+        logmel, image, window, hop = front_end(cfg, state["features"]["norm"])
         model = build_model(cfg["arch"], len(names), pretrained=False)
         model.load_state_dict(state["model"])
-        window, hop = window_frames(cfg, logmel)
         meta = {k: v for k, v in state.items() if k not in _META_DROP}
         return cls(model, logmel, image, names, window, hop, pick_device(device), cfg, meta)
+
+    @classmethod
+    def from_export(cls, folder, device: str = "auto") -> "Classifier":
+        """Load a folder written by ``export.py``: the network from its ONNX file (onnxruntime, CPU) or
+        TorchScript file, the front end and input transform rebuilt from its ``export.json`` exactly as
+        :meth:`from_checkpoint` builds them. ``meta`` holds the JSON's other entries (``metrics``, ``best``...).
+
+        Raises FileNotFoundError (no export.json) or ExportError (a CheckpointError: unreadable folder, unknown
+        format, onnxruntime missing).
+        """
+        device = pick_device(device)
+        spec, network = read_export(folder, device)
+        try:
+            logmel, image, window, hop = front_end(spec["config"], spec["features"]["norm"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ExportError(f"{folder}: export.json's config or features are incomplete or invalid "
+                              f"({type(err).__name__}: {err}). Export again with export.py") from None
+        meta = {k: v for k, v in spec.items() if k != "config"}
+        names = spec["label_names"]
+        return cls(network, logmel, image, names, window, hop, device, spec["config"], meta)
+
+    @classmethod
+    def load(cls, path, device: str = "auto") -> "Classifier":
+        """:meth:`from_export` for a folder holding ``export.json`` (or that file), else :meth:`from_checkpoint`."""
+        path = Path(path)
+        if path.name == "export.json" or (path / "export.json").is_file():
+            return cls.from_export(path.parent if path.name == "export.json" else path, device)
+        return cls.from_checkpoint(path, device)
 
     @property
     def frontend(self):
@@ -153,3 +210,20 @@ class Classifier:
         [T] / [channels, T] with its ``sample_rate`` in Hz. Raises AudioError or ValueError.
         """
         return self.classify(audio, sample_rate, min_seconds).top_k(top_k)
+
+    def analyze(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> Analysis:
+        """:meth:`classify` plus the per-window probabilities and the spectrogram, from one forward pass.
+
+        The same features, windows and network as :meth:`classify` (window logits averaged, then softmax),
+        so ``analyze(x).prediction.probabilities`` equals ``classify(x).probabilities``. Arguments and
+        errors as :meth:`waveform`.
+        """
+        wave = self.waveform(audio, sample_rate, min_seconds)
+        with torch.no_grad():
+            mel = self.logmel(wave).numpy()
+        logits = forward_windows(self.model, self.image, cut_windows(mel, self.window, self.hop), self.device)
+        frame = self.logmel.hop_length / self.sample_rate
+        starts = np.asarray(window_starts(mel.shape[1], self.window, self.hop), dtype=float) * frame
+        prediction = Prediction(logits.mean(0).cpu().softmax(0), self.label_names, len(starts),
+                                wave.numel() / self.sample_rate)
+        return Analysis(prediction, logits.softmax(1).cpu(), starts, self.window * frame, mel, frame)

@@ -1,0 +1,281 @@
+"""The model card: ``README.md`` in a run folder, the whole story of a run on one page.
+
+``write_model_card(run_dir)`` reads only the files in the folder (``best.pt`` through
+:func:`experiment.checkpoint.load_checkpoint`, ``metrics.json``, ``history.csv``, ``confusion_matrix_*.png``),
+so train.py calls it once at the end of training, and ``python -m experiment.model_card runs/<experiment>``
+writes it again for any run (e.g. one trained before cards existed). The card is
+readable on its own and upload-ready as a Hugging Face model card: YAML front matter with
+``library_name``, ``tags``, ``datasets`` (when the data is recognised), ``metrics`` and ``model-index``
+(https://huggingface.co/docs/hub/model-cards).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from experiment.checkpoint import load_checkpoint
+
+CARD = "README.md"
+GTZAN_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+SPLIT_PROTOCOLS = {
+    "tutorial": "per-label train/val split (the SwanLab tutorial's `train_test_split` per genre, test_size="
+                "{val_size}, random_state={split_seed}); no test split, and the checkpoint is chosen on val, so "
+                "val numbers are optimistic",
+    "stratified": "stratified train/val/test split by track (val_size={val_size}, test_size={test_size}, "
+                  "random_state={split_seed}); the checkpoint is chosen on val, test is held out",
+    "fault_filtered": "the artist-filtered, fault-filtered GTZAN split of Kereliuk, Sturm & Larsen (2015) "
+                      "(443/197/290 tracks); the checkpoint is chosen on val, test is held out",
+}
+KEY_CONFIG = ("arch", "pretrained", "sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "scale",
+              "top_db", "clip_seconds", "eval_hop_seconds", "resize", "augment", "mixup_alpha", "batch_size",
+              "learning_rate", "weight_decay", "num_epochs", "warmup_epochs", "lr_step_size", "lr_gamma", "seed",
+              "amp")
+HISTORY_COLUMNS = (("train/epoch", "epoch", "{:.0f}"), ("train/loss", "train loss", "{:.4f}"),
+                   ("train/acc", "train top-1 %", "{:.1f}"), ("val/loss", "val loss", "{:.4f}"),
+                   ("val/acc", "val top-1 %", "{:.1f}"), ("val/macro_f1", "val macro-F1 %", "{:.1f}"),
+                   ("train/lr", "lr", "{:.2e}"), ("train/epoch_seconds", "seconds", "{:.0f}"))
+
+
+def read_metrics(folder) -> dict:
+    """``metrics.json`` of a run folder ({split: {top1, macro_f1, n, protocol, confusion, ...}}); {} when absent."""
+    try:
+        data = json.loads((Path(folder) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def metrics_summary(metrics: dict) -> dict:
+    """Per split, the headline numbers only: top1, macro_f1 (fractions), n, protocol, epoch and intervals."""
+    keys = ("top1", "macro_f1", "n", "protocol", "epoch", "checkpoint", "top1_ci", "macro_f1_ci")
+    return {split: {k: m[k] for k in keys if k in m} for split, m in metrics.items()
+            if isinstance(m, dict) and "top1" in m}
+
+
+def dataset_name(cfg: dict) -> str:
+    """The data folder's name, as train.py names SwanLab projects (``GTZAN/genres_original`` -> ``GTZAN``)."""
+    root = Path(cfg.get("data_root") or "GTZAN")
+    return root.parent.name if root.name in ("genres_original", "genres") else root.name
+
+
+def hub_dataset(label_names: list[str]) -> str | None:
+    """The Hugging Face dataset id when the labels are GTZAN's ten genres (``marsyas/gtzan``), else None."""
+    return "marsyas/gtzan" if sorted(label_names) == GTZAN_GENRES else None
+
+
+def class_counts(splits: dict | None, label_names: list[str]) -> dict[str, Counter]:
+    """{split: Counter(label: tracks)} from the checkpoint's track lists (paths relative to data_root, whose
+    first folder is the label); tracks outside a label folder count as ``?``."""
+    def label(path: str) -> str:
+        folder = Path(path).parts[0] if Path(path).parts else ""
+        return folder if folder in label_names else "?"
+    return {split: Counter(label(p) for p in paths) for split, paths in (splits or {}).items()}
+
+
+def percent(x) -> str:
+    """A fraction as a percentage with one decimal: ``0.8333`` -> ``83.3%``."""
+    return f"{100 * float(x):.1f}%"
+
+
+def interval(ci) -> str:
+    """`` (95% CI 61.2-78.0%)`` from ``[low, high]`` or ``{"low", "high", "level"}`` (fractions); "" otherwise."""
+    if isinstance(ci, dict):
+        low, high, level = ci.get("low"), ci.get("high"), ci.get("level", 0.95)
+    elif isinstance(ci, (list, tuple)) and len(ci) == 2:
+        (low, high), level = ci, 0.95
+    else:
+        return ""
+    if low is None or high is None:
+        return ""
+    return f" ({100 * float(level):g}% CI {100 * float(low):.1f}-{100 * float(high):.1f}%)"
+
+
+def front_matter(state: dict, summary: dict, dataset: str) -> str:
+    """The Hugging Face YAML header: library, tags, dataset, metrics and model-index results (percent)."""
+    cfg, name, hub = state["config"], state.get("experiment_name") or "model", hub_dataset(state["label_names"])
+    results = []
+    for split, m in summary.items():
+        metrics = [dict(type="accuracy", name=f"{split} top-1 accuracy (%)", value=round(100 * m["top1"], 2))]
+        if "macro_f1" in m:
+            metrics.append(dict(type="f1", name=f"{split} macro-F1 (%)", value=round(100 * m["macro_f1"], 2),
+                                args=dict(average="macro")))
+        results.append(dict(task=dict(type="audio-classification", name="Audio Classification"),
+                            dataset=dict(name=dataset, type=hub or dataset,
+                                         split=split), metrics=metrics))
+    meta = dict(library_name="pytorch", pipeline_tag="audio-classification",
+                tags=["audio-classification", "log-mel", "spectrogram", cfg.get("arch", "model"), "mel-classifier"])
+    if hub:
+        meta["datasets"] = [hub]
+    meta["metrics"] = ["accuracy", "f1"]
+    meta["model-index"] = [dict(name=name, results=results)]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def results_section(state: dict, summary: dict, run_dir: Path) -> list[str]:
+    """Markdown lines: metrics.json's numbers per split with their protocol, best val, the confusion PNGs."""
+    best, cfg = state.get("best") or {}, state["config"]
+    lines = ["## Results", "", "| split | top-1 | macro-F1 | tracks | protocol |", "|---|---:|---:|---:|---|"]
+    for split, m in summary.items():
+        f1 = percent(m["macro_f1"]) + interval(m.get("macro_f1_ci")) if "macro_f1" in m else "-"
+        lines.append(f"| {split} | {percent(m['top1'])}{interval(m.get('top1_ci'))} | {f1} | {m.get('n', '-')} | "
+                     f"{m.get('protocol', '-')} ({m.get('checkpoint', 'best.pt')}, epoch {m.get('epoch', '?')}) |")
+    if not summary:
+        lines.append("| - | - | - | - | no metrics.json in the run folder: run `python evaluate.py` |")
+    if "val_acc" in best:
+        lines += ["", f"Best val top-1 during training: **{best['val_acc']:.1f}%** at epoch {best.get('epoch', '?')} "
+                      f"of {cfg.get('num_epochs', '?')} (this epoch's weights are `best.pt`; the same val split "
+                      f"chose it, so it is optimistic). Accuracy is per track: each recording is cut into "
+                      f"{cfg.get('clip_seconds', '?'):g} s windows every {cfg.get('eval_hop_seconds', '?'):g} s and "
+                      f"the window logits are averaged."]
+    for png in sorted(run_dir.glob("confusion_matrix_*.png")):
+        lines += ["", f"![confusion matrix, {png.stem.rsplit('_', 1)[-1]}]({png.name})"]
+    return lines + [""]
+
+
+def data_section(state: dict, dataset: str) -> list[str]:
+    """Markdown lines: dataset, labels, split protocol and tracks per class and split."""
+    cfg, names = state["config"], state["label_names"]
+    counts = class_counts(state.get("splits"), names)
+    protocol = SPLIT_PROTOCOLS.get(cfg.get("split"), "split={split}, random_state={split_seed}")
+    protocol = protocol.format(**{k: cfg.get(k, "?") for k in ("split", "val_size", "test_size", "split_seed")})
+    lines = ["## Data", "", f"- Dataset: **{dataset}** (`data_root`: `{cfg.get('data_root') or './GTZAN'}`), "
+             f"{len(names)} classes: {', '.join(f'`{n}`' for n in names)}.",
+             f"- Split `{cfg.get('split', '?')}`: {protocol}."]
+    if counts:
+        splits = list(counts)
+        lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+        lines += [f"| {n} | " + " | ".join(str(counts[s].get(n, 0)) for s in splits) + " |"
+                  for n in [*names, "?"] if any(counts[s].get(n) for s in splits)]
+        lines.append("| **total** | " + " | ".join(str(sum(counts[s].values())) for s in splits) + " |")
+    else:
+        lines.append("- The checkpoint records no track lists (trained before they were saved).")
+    return lines + [""]
+
+
+def model_section(state: dict) -> list[str]:
+    """Markdown lines: backbone, front end (Hz, samples, mel bands), input transform and windows (seconds)."""
+    cfg, feats = state["config"], state.get("features") or {}
+    norm, layout = feats.get("norm") or {}, cfg.get("input_layout", "image")
+    f_max = cfg.get("f_max") or cfg.get("sample_rate", 0) / 2
+    transform = (f"normalised with the training split's mean {norm.get('mean', 0):.4g} and std "
+                 f"{norm.get('std', 1):.4g}, resized to {cfg.get('resize')} x {cfg.get('resize')}, 3 channels"
+                 if layout == "image" else f"layout `{layout}`, normalisation `{cfg.get('normalization', 'auto')}` "
+                                           f"(mean {norm.get('mean', 0):.4g}, std {norm.get('std', 1):.4g})")
+    return ["## Model and input", "",
+            f"- Network: `{cfg.get('arch')}`, " + ("pretrained weights fine-tuned" if cfg.get("pretrained")
+                                                   else "trained from scratch")
+            + f", new head for {len(state['label_names'])} classes.",
+            f"- Front end `{cfg.get('frontend', 'logmel')}`: mono, resampled to {cfg.get('sample_rate')} Hz; "
+            f"n_fft {cfg.get('n_fft')}, hop_length {cfg.get('hop_length')}, {cfg.get('n_mels')} mel bands, "
+            f"{cfg.get('f_min', 0):g}-{f_max:g} Hz, scale `{cfg.get('scale')}`"
+            + (f" (top_db {cfg.get('top_db')})" if cfg.get("scale") == "db" else "") + ".",
+            f"- Input transform: {transform}.",
+            f"- Windows: {cfg.get('clip_seconds')} s (random crops in training), every {cfg.get('eval_hop_seconds')} s "
+            f"in evaluation and prediction, logits averaged per recording.", ""]
+
+
+def history_section(history: list[dict]) -> list[str]:
+    """Markdown lines: history.csv as a table in a collapsed block (none without history)."""
+    if not history:
+        return []
+    cols = [c for c in HISTORY_COLUMNS if c[0] in history[0]]
+    lines = ["## Training curve", "", "<details><summary>history.csv, one row per epoch</summary>", "",
+             "| " + " | ".join(c[1] for c in cols) + " |", "|" + "---:|" * len(cols)]
+    for row in history:
+        cells = []
+        for key, _, fmt in cols:
+            try:
+                cells.append(fmt.format(float(row[key])))
+            except (TypeError, ValueError):
+                cells.append(str(row.get(key, "")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", "</details>", ""]
+
+
+def config_section(cfg: dict) -> list[str]:
+    """Markdown lines: the keys that matter, the full config (collapsed) and the library versions."""
+    import torch
+    try:
+        import torchaudio
+        audio = f", torchaudio {torchaudio.__version__}"
+    except ImportError:
+        audio = ""
+    rows = [f"| `{k}` | `{cfg[k]}` |" for k in KEY_CONFIG if k in cfg]
+    return ["## Configuration and environment", "", "| key | value |", "|---|---|", *rows, "",
+            "<details><summary>full training config</summary>", "", "```json",
+            json.dumps(cfg, indent=2, default=str), "```", "", "</details>", "",
+            f"Environment of the process that wrote this card (train.py writes it at the end of training): "
+            f"torch {torch.__version__}{audio}, Python {platform.python_version()}, {platform.system()} "
+            f"{platform.machine()}; device setting `{cfg.get('device', 'auto')}`.", ""]
+
+
+def usage_section(run_dir: Path) -> list[str]:
+    """Markdown lines: the commands that evaluate, predict with, serve and export this run."""
+    run = run_dir.as_posix()
+    return ["## Use it", "", "From the mel-classifier project's folder, after `pip install -r requirements.txt`:",
+            "", "```bash",
+            f"python evaluate.py {run}                          # metrics, per-class table, confusion matrix",
+            f"python predict.py {run} song.mp3 --top_k=3        # classify your own files",
+            f"python app.py {run}                               # web demo on http://127.0.0.1:7860",
+            f"python export.py {run} --format onnx              # ONNX network + export.json",
+            f"python predict.py {run}/export_onnx song.mp3      # the exported folder alone (onnxruntime)",
+            "```", "", "```python", "from evaluation.classifier import Classifier", "",
+            f'clf = Classifier.from_checkpoint("{run}")', 'clf.predict("song.mp3", top_k=3)', "```", ""]
+
+
+def render_model_card(run_dir: Path, state: dict, metrics: dict, history: list[dict]) -> str:
+    """The card's Markdown text (see the module docstring) from the run's files, already read."""
+    cfg, names = state["config"], state["label_names"]
+    summary, dataset = metrics_summary(metrics), dataset_name(cfg)
+    name = state.get("experiment_name") or run_dir.name
+    tracked = (f" SwanLab: project `{state['swanlab_project']}`, experiment `{name}`."
+               if state.get("swanlab_project") and cfg.get("swanlab_mode") != "disabled" else "")
+    intro = (f"# {name}\n\nAn audio classifier for {len(names)} classes of {dataset} "
+             f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}): a `{cfg.get('arch')}` on log-mel "
+             f"spectrogram images, trained for {cfg.get('num_epochs', '?')} epochs with the mel-classifier trainer "
+             f"(`train.py`); `best.pt` holds epoch {state.get('epoch', '?')}. Every number below comes from this "
+             f"folder's files.{tracked}\n")
+    files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    parts = [front_matter(state, summary, dataset), intro, *results_section(state, summary, run_dir),
+             *data_section(state, dataset), *model_section(state), *history_section(history),
+             *config_section(cfg), *usage_section(run_dir), "## Files", "",
+             *[f"- `{f}`" for f in files if f != CARD], ""]
+    return "\n".join(parts)
+
+
+def read_history(path: Path) -> list[dict]:
+    """Rows of ``history.csv`` as dicts of strings; [] when absent."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
+def write_model_card(run_dir) -> Path:
+    """Write ``run_dir/README.md`` (atomically) from the run's files; returns its path.
+
+    Raises FileNotFoundError / CheckpointError when ``run_dir/best.pt`` is missing or unreadable.
+    """
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir / "best.pt")
+    text = render_model_card(run_dir, state, read_metrics(run_dir), read_history(run_dir / "history.csv"))
+    path = run_dir / CARD
+    tmp = path.with_name(f".{CARD}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+if __name__ == "__main__":
+    print(write_model_card(sys.argv[1] if len(sys.argv) > 1 else "."))
