@@ -99,6 +99,37 @@ def test_resume_at_an_epoch_boundary_and_mid_epoch_matches_an_uninterrupted_run(
         assert [v for _, v in logged[key]] == pytest.approx(expected[key].tolist(), rel=1e-6)
 
 
+# What last.pt held before train.py was cut into stages (issue 10): a checkpoint with exactly these keys,
+# its running totals a plain dict under "accum", must keep resuming.
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "accum", "best", "config",
+                   "label_names", "features", "history", "splits", "swanlab_run_id", "swanlab_project",
+                   "experiment_name"}
+
+
+def test_a_mid_epoch_checkpoint_in_the_earlier_layout_resumes_with_its_running_totals(tmp_path):
+    import train
+    from experiment.checkpoint import save_checkpoint
+    root = make_tree(tmp_path / "audio", per_class=6)  # 12 training clips: 3 steps of 4 per epoch
+    train.main(schedule(tmp_path, root, num_epochs=1, swanlab_mode="disabled"))
+    run = tmp_path / "runs" / "tiny"
+    state = load_checkpoint(run / "last.pt")
+    assert set(state) == CHECKPOINT_KEYS and state["accum"] is None
+    assert set(state["best"]) == {"val_acc", "val_loss", "epoch"}
+
+    # Ctrl-C after step 1 of epoch 2, as the earlier train.py saved it: totals that stand out in the log
+    accum = dict(loss_sum=600.0, batches=1, correct=4, seen=4, skipped=1, seconds=1000.0, train_seconds=1000.0)
+    save_checkpoint(dict(state, epoch=1, step=1, accum=accum), run / "last.pt")
+    train.main([f"--resume={run}", "--num_epochs=2"])
+    row = pd.read_csv(run / "history.csv").iloc[1]
+    assert row["train/epoch"] == 2
+    assert 200 < row["train/loss"] < 210  # (600 + two ordinary step losses) / 3 steps
+    assert row["train/epoch_seconds"] > 1000 and row["data/skipped_clips"] == 1
+    assert row["train/acc"] * 12 / 100 == pytest.approx(round(row["train/acc"] * 12 / 100))  # of 4 + 8 clips
+    assert row["train/acc"] >= 100 * 4 / 12
+    final = load_checkpoint(run / "last.pt")
+    assert set(final) == CHECKPOINT_KEYS and (final["epoch"], final["step"], final["accum"]) == (2, 0, None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,3 +213,4 @@ def test_torchrun_two_ranks_gather_validation_and_log_what_one_process_evaluates
     assert acc == pytest.approx(100 * report["top1"], abs=1e-9)
     assert acc == pytest.approx(best_row["val/acc"], abs=1e-9)
     assert track_loss(single["logits"], single["labels"]) == pytest.approx(best_row["val/loss"], rel=1e-4)
+
