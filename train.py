@@ -35,8 +35,8 @@ from evaluation.metrics import classification_metrics, close, plot_confusion_mat
 from experiment import distributed
 from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from experiment.config import ConfigError, format_help, key_comments, parse_config
-from experiment.engine import (PendingSteps, Runtime, build_model_and_optimizer, loader_settings, mixup, prepare_batch,
-                               setup_runtime, step_seed, train_step)
+from experiment.engine import (MIN_BATCH_CLIPS, PendingSteps, Runtime, build_model_and_optimizer, loader_settings,
+                               mixup, prepare_batch, setup_runtime, step_seed, train_step)
 from experiment.resume import ResumeState, StopRequest
 from experiment.tracking import MODES, Tracker
 from models import PretrainedWeightsError
@@ -165,6 +165,9 @@ def read_config(argv: list[str]) -> tuple[dict, dict | None]:
         raise ConfigError(f"--swanlab_mode={cfg['swanlab_mode']}: choose one of {', '.join(m or '(empty)' for m in MODES)}")
     if cfg["features_on"] not in ("device", "item"):
         raise ConfigError(f"--features_on={cfg['features_on']}: choose device or item")
+    if cfg["batch_size"] < MIN_BATCH_CLIPS:
+        raise ConfigError(f"--batch_size={cfg['batch_size']}: BatchNorm trains on batches of {MIN_BATCH_CLIPS} "
+                          f"clips or more; use --batch_size={MIN_BATCH_CLIPS} or larger")
     return cfg, resumed
 
 
@@ -392,10 +395,11 @@ class Run:
 
 
 class SkipLog:
-    """What training leaves out, said on rank 0 (``enabled``): each unreadable clip once per run."""
+    """What training leaves out, said on rank 0 (``enabled``): each unreadable clip once per run, and the
+    first step skipped because its batch held fewer than MIN_BATCH_CLIPS readable clips."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.warned = enabled, set()
+        self.enabled, self.warned, self.noted_step = enabled, set(), False
 
     def clips(self, skipped) -> int:
         """Warn about clips not warned about before; returns how many ``skipped`` holds."""
@@ -405,11 +409,21 @@ class SkipLog:
                 tqdm.write(f"warning: skipped {s.path}: {s.reason}")
         return len(skipped)
 
+    def step(self, epoch: int, step: int) -> None:
+        """Note the first skipped step (0-based ``epoch`` and ``step``)."""
+        if self.enabled and not self.noted_step:
+            self.noted_step = True
+            tqdm.write(f"note: skipped training step {step + 1} of epoch {epoch + 1}: a batch held fewer than "
+                       f"{MIN_BATCH_CLIPS} readable clips, and BatchNorm trains on {MIN_BATCH_CLIPS} or more; later "
+                       f"such steps are skipped without a note")
+
 
 def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
     """Train epoch ``progress.epoch`` from batch ``progress.step`` on, until it ends or a rank asked to stop;
-    ``progress.step`` and ``progress.epoch_totals()`` follow along. A batch whose clips were all unreadable
-    is skipped. Every ``sync_every`` steps, at the end and on Ctrl-C, see :func:`sync_steps`.
+    ``progress.step`` and ``progress.epoch_totals()`` follow along.
+
+    A step trains only on a batch of at least MIN_BATCH_CLIPS readable clips (a last batch of one clip is
+    dropped). Every ``sync_every`` steps, at the end and on Ctrl-C, see :func:`sync_steps`.
     """
     cfg, runtime, data = run.cfg, run.runtime, run.data
     epoch, totals, started = progress.epoch, progress.epoch_totals(), time.time()
@@ -423,7 +437,7 @@ def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
                disable=not runtime.dist.is_main, initial=progress.step, total=last_step)
     for x, y, skipped in bar:
         totals.skipped += run.skips.clips(skipped)
-        if len(y):
+        if len(y) >= MIN_BATCH_CLIPS:
             torch.manual_seed(step_seed(cfg["seed"], runtime.dist.rank, epoch, progress.step))
             x, y = prepare_batch(x, y, runtime, batch_transform)
             if epoch == 0 and progress.step == 0 and runtime.dist.is_main:
@@ -431,6 +445,8 @@ def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
             x, y_a, y_b, lam = mixup(x, y, cfg["mixup_alpha"])
             logits, loss = train_step(run.train_model, run.optimizer, run.scaler, x, y_a, y_b, lam, runtime)
             pending.add(progress.step, logits, loss, y)
+        else:
+            run.skips.step(epoch, progress.step)
         progress.step += 1
         if pending.due() or stop.requested or progress.step >= last_step:
             if sync_steps(run, progress, pending, stop):

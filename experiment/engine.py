@@ -23,6 +23,11 @@ from evaluation import autocast
 from experiment import distributed
 from models import build_model
 
+# Clips a training batch needs: BatchNorm in training mode needs more than one value per channel, and a
+# 1-clip batch at small image sizes has exactly one after the last stage (1x1); mixup needs two as well.
+MIN_BATCH_CLIPS = 2
+
+
 @dataclass
 class Runtime:
     """Where and how this process trains.
