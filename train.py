@@ -396,7 +396,7 @@ class Run:
 
 class SkipLog:
     """What training leaves out, said on rank 0 (``enabled``): each unreadable clip once per run, and the
-    first step skipped because its batch held fewer than MIN_BATCH_CLIPS readable clips."""
+    first step that every rank skipped because a batch held fewer than MIN_BATCH_CLIPS readable clips."""
 
     def __init__(self, enabled: bool):
         self.enabled, self.warned, self.noted_step = enabled, set(), False
@@ -422,8 +422,9 @@ def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
     """Train epoch ``progress.epoch`` from batch ``progress.step`` on, until it ends or a rank asked to stop;
     ``progress.step`` and ``progress.epoch_totals()`` follow along.
 
-    A step trains only on a batch of at least MIN_BATCH_CLIPS readable clips (a last batch of one clip is
-    dropped). Every ``sync_every`` steps, at the end and on Ctrl-C, see :func:`sync_steps`.
+    A step trains only when every rank has at least MIN_BATCH_CLIPS readable clips (a collective under
+    DDP: a rank that stepped alone would wait for the others in the gradient all-reduce); otherwise every
+    rank skips it. Every ``sync_every`` steps, at the end and on Ctrl-C, see :func:`sync_steps`.
     """
     cfg, runtime, data = run.cfg, run.runtime, run.data
     epoch, totals, started = progress.epoch, progress.epoch_totals(), time.time()
@@ -437,7 +438,7 @@ def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
                disable=not runtime.dist.is_main, initial=progress.step, total=last_step)
     for x, y, skipped in bar:
         totals.skipped += run.skips.clips(skipped)
-        if len(y) >= MIN_BATCH_CLIPS:
+        if distributed.all_true(len(y) >= MIN_BATCH_CLIPS, runtime.dist):
             torch.manual_seed(step_seed(cfg["seed"], runtime.dist.rank, epoch, progress.step))
             x, y = prepare_batch(x, y, runtime, batch_transform)
             if epoch == 0 and progress.step == 0 and runtime.dist.is_main:

@@ -214,3 +214,36 @@ def test_torchrun_two_ranks_gather_validation_and_log_what_one_process_evaluates
     assert acc == pytest.approx(best_row["val/acc"], abs=1e-9)
     assert track_loss(single["logits"], single["labels"]) == pytest.approx(best_row["val/loss"], rel=1e-4)
 
+
+def test_torchrun_ranks_agree_to_skip_a_step_when_one_rank_has_no_readable_clip(tmp_path):
+    """Both clips of rank 1's first batch have become unreadable since they were cached, so rank 1 has
+    nothing to train on at step 1 while rank 0 has a full batch. Every rank skips that step together
+    (a rank that stepped alone waited for the others in DDP's gradient all-reduce); the run finishes."""
+    import train
+    from data.dataset import EpochSampler
+    from data.index import find_data_root, load_or_build_index
+    from data.splits import make_splits
+    from experiment.config import parse_config
+
+    root = make_tree(tmp_path / "audio", per_class=5)  # 12 training clips: 6 per rank, 3 steps of 2
+    # scale=power: no normalisation pass over the training clips at start-up, which would read them
+    args = tiny_overrides(tmp_path, root, num_epochs=1, batch_size=2, confusion_every=0, scale="power")
+    cfg = parse_config(args, train.CONFIG, train.PRESETS)
+    index = load_or_build_index(find_data_root(cfg["data_root"]), Path(cfg["csv_path"]), show_progress=False)
+    part = make_splits(index.df, cfg["split"], cfg["val_size"], cfg["test_size"], cfg["split_seed"])["train"]
+    sampler = EpochSampler(len(part), cfg["seed"], rank=1, world_size=2)
+    sampler.set_epoch(0)
+    first_batch = [part.path.iloc[i] for (i, _), _ in zip(sampler, range(2))]
+    for path in first_batch:
+        sf.write(path, np.full(4000, np.nan, dtype=np.float32), 8000, subtype="FLOAT")
+        entry = FeatureCache(cfg["cache_dir"], build_features(cfg)[0]).entry(path)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        entry.write_bytes(b"not a spectrogram")
+
+    out = torchrun(args, tmp_path, timeout=180)
+
+    assert out.count("note: skipped training step 1 of epoch 1") == 1  # rank 0 had a batch; it says why
+    history = pd.read_csv(tmp_path / "runs" / "tiny" / "history.csv")
+    assert history["train/epoch"].tolist() == [1] and history["data/skipped_clips"].tolist() == [2]
+    state = load_checkpoint(tmp_path / "runs" / "tiny" / "last.pt")
+    assert (state["epoch"], state["step"]) == (1, 0)
