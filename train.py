@@ -274,7 +274,7 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
             shard = Subset(tracks, range(dist.rank, len(tracks), dist.world_size))
             eval_loaders[name] = DataLoader(shard, batch_size=cfg["batch_size"], collate_fn=collate_tracks, **loader_kw)
     return RunData(prepared.label_names, splits, prepared.track_lists(), len(prepared.unusable),
-                dict(params=logmel.params(), norm=norm), input_transform, sampler, train_loader, eval_loaders)
+                   dict(params=logmel.params(), norm=norm), input_transform, sampler, train_loader, eval_loaders)
 
 
 def normalisation(cfg: dict, prepared: PreparedData) -> dict:
