@@ -106,6 +106,22 @@ CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "step",
                    "experiment_name"}
 
 
+
+def test_resume_state_round_trips_through_the_checkpoint_fields_and_keeps_the_best():
+    from experiment.resume import ResumeState
+    fresh = ResumeState.restore(None)
+    assert fresh.checkpoint_fields() == dict(epoch=0, step=0, accum=None,
+                                             best=dict(val_acc=-1.0, val_loss=float("inf"), epoch=0))
+    assert fresh.record_best(1, 50.0, 1.2)
+    assert not fresh.record_best(2, 50.0, 1.3)  # same top-1, higher loss
+    assert fresh.record_best(3, 50.0, 1.1) and fresh.best == dict(val_acc=50.0, val_loss=1.1, epoch=3)
+    accum = dict(loss_sum=3.0, batches=2, correct=5, seen=8, skipped=1, seconds=4.0, train_seconds=3.5)
+    state = ResumeState.restore(dict(epoch=1, step=2, accum=accum, best=fresh.best))
+    assert state.epoch_totals().seen == 8
+    assert state.checkpoint_fields() == dict(epoch=1, step=2, accum=accum, best=fresh.best)
+    state.next_epoch()
+    assert (state.epoch, state.step, state.totals) == (2, 0, None)
+
 def test_a_mid_epoch_checkpoint_in_the_earlier_layout_resumes_with_its_running_totals(tmp_path):
     import train
     from experiment.checkpoint import save_checkpoint
