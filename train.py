@@ -538,9 +538,10 @@ def end_of_epoch(run: Run, progress: ResumeState, val: dict, lr: float, started:
             fig = plot_confusion_matrix(val["metrics"]["confusion"], run.data.label_names, f"val, epoch {epoch}")
             run.tracker.log_figure("val/confusion_matrix", fig, epoch, f"epoch {epoch}")
             close(fig)
-        save_checkpoint(checkpoint_state(run, progress), run.run_dir / "last.pt")
+        state = checkpoint_state(run, progress)
+        save_checkpoint(state, run.run_dir / "last.pt")
         if improved:
-            save_checkpoint(checkpoint_state(run, progress), run.run_dir / "best.pt")
+            save_checkpoint(state, run.run_dir / "best.pt")
         print(f"epoch {epoch:3d}/{cfg['num_epochs']} | train loss {metrics['train/loss']:.4f} "
               f"acc {metrics['train/acc']:5.1f}% | val loss {val['loss']:.4f} acc {val['acc']:5.1f}% "
               f"F1 {val['macro_f1']:5.1f}% | lr {lr:.1e} | {totals.seconds:.0f} s, "
