@@ -6,19 +6,23 @@
 
 Data: --data_root, else ../shared/gtzan-mini/genres_original when it exists, else synthetic 30 s tracks at
 22050 Hz written once under <cache_dir>/bench-audio. Features, augmentation and loader settings are train.py's
-defaults. One process, the same tracks (the training split) for every measurement:
+defaults (read from train.py's CONFIG; bench does not import the trainer). The set-up, batch preparation
+and step are experiment/engine.py's, which train.py runs. One process, the same tracks (the training
+split) for every measurement:
 
   (a) data pipeline alone, clips/s, from audio files to model-ready image batches on the device:
       tutorial-style: a Dataset whose __getitem__ decodes the whole file with soundfile, builds a new
         torchaudio MelSpectrogram (n_fft 2048, hop 640, 128 mels, power), clamp(min=0), 3 channels,
         AdaptiveAvgPool2d to resize x resize; DataLoader(shuffle=True, num_workers=0). No augmentation.
       ours: warm FeatureCache -> ClipDataset random crops -> DataLoader with train.py's settings ->
-        MelImage on each batch on the device: augmentation, normalisation, resize, 3 channels. A second row
-        leaves the augmentation out, for a like-for-like comparison with the tutorial.
-  (b) model-only training step (the limit): train.py's train_step (forward, mixup cross-entropy, backward,
+        MelImage on each batch on the device: augmentation, normalisation, resize, 3 channels (then
+        channels_last on CUDA). A second row leaves the augmentation out, for a like-for-like comparison
+        with the tutorial.
+  (b) model-only training step (the limit): the engine's train_step (forward, mixup cross-entropy, backward,
       AdamW) on one fixed batch of (a, ours), after mixup, already on the device.
-  (c) full training step: train.py's loop body: next batch from our loader, per-step reseed, copy to the
-      device, MelImage with augmentation, mixup, and the same train_step on a model built the same way.
+  (c) full training step: train.py's loop body: next batch from our loader, per-step reseed, prepare_batch
+      (copy to the device, MelImage with augmentation), mixup, and the same train_step on a model built the
+      same way (the engine's build_model_and_optimizer).
 (b) and (c) share batch size, precision (AMP on CUDA) and memory format (channels_last on CUDA) with train.py;
 CUDA work is synchronised before each clock reading.
 
@@ -35,10 +39,12 @@ The last line is machine-readable:  summary: data_speedup=<ours/tutorial, both w
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import resource
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile as sf
@@ -47,15 +53,15 @@ import torchaudio
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-import train
 from augment import build_augment
 from data import prepare_data
 from data.audio import sf_path
 from data.dataset import ClipDataset, EpochSampler, collate_clips
 from data.demo import make_demo_dataset
 from data.features import build_features, normalisation_stats, window_frames
-from experiment.distributed import pick_device
-from models import build_model
+from experiment.config import literal_config
+from experiment.engine import (EpochTotals, PendingSteps, Runtime, build_model_and_optimizer, loader_settings, mixup,
+                               prepare_batch, setup_runtime, step_seed, train_step)
 
 ROOT = Path(__file__).resolve().parent
 GTZAN_MINI = ROOT.parent / "shared" / "gtzan-mini" / "genres_original"
@@ -161,41 +167,43 @@ def ratio_error(num: Meter, den: Meter) -> float:
     return statistics.stdev(ratios) / math.sqrt(len(ratios)) if len(ratios) > 1 else math.nan
 
 
-def drain(pending: list) -> list:
-    """Read the device's (loss, correct) scalars back as train.py does every ``sync_every`` steps; returns []."""
-    for loss, correct in pending:
-        loss.item(), int(correct)
-    return []
-
-
 class Trainer:
-    """A model, AdamW and GradScaler built exactly as train.py builds them, and train.py's step."""
+    """A model, AdamW and GradScaler built as train.py builds them (the engine's build_model_and_optimizer),
+    stepped by the engine's train_step, its scalars read back every ``sync_every`` steps as train.py does."""
 
-    def __init__(self, cfg: dict, num_classes: int, device: torch.device, amp_dtype, channels_last: bool):
+    def __init__(self, cfg: dict, num_classes: int, runtime: Runtime):
         torch.manual_seed(cfg["seed"])
-        self.model = build_model(cfg["arch"], num_classes, pretrained=False).to(device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model, self.optimizer, self.scaler = build_model_and_optimizer(cfg, num_classes, runtime, pretrained=False)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg["learning_rate"],
-                                           weight_decay=cfg["weight_decay"])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        self.device, self.amp_dtype = device, amp_dtype
-        self.sync_every = 10 if device.type == "cuda" else 1
-        self.pending = []
+        self.runtime, self.steps = runtime, 0
+        self.pending, self.totals = PendingSteps(runtime.sync_every), EpochTotals()
 
     def step(self, x, y, y_a, y_b, lam: float) -> None:
-        """train.py's step on x [B, 3, H, W] (mixed up from labels y_a, y_b with weight lam; y long [B]
-        for the accuracy count), syncing every ``sync_every`` steps as train.py does."""
-        logits, loss = train.train_step(self.model, self.optimizer, self.scaler, x, y_a, y_b, lam, self.device,
-                                        self.amp_dtype)
-        self.pending.append((loss.detach().float(), (logits.argmax(1) == y).sum()))
-        if len(self.pending) >= self.sync_every:
-            self.pending = drain(self.pending)
+        """One step on x [B, 3, H, W] mixed up from labels y_a, y_b with weight lam (y long [B]: the labels
+        before mixup, for the accuracy count)."""
+        logits, loss = train_step(self.model, self.optimizer, self.scaler, x, y_a, y_b, lam, self.runtime)
+        self.pending.add(self.steps, logits, loss, y)
+        self.steps += 1
+        if self.pending.due():
+            self.pending.read(self.totals)
 
     def flush(self) -> None:
         """Wait for every queued step (reads their scalars back)."""
-        self.pending = drain(self.pending)
+        self.pending.read(self.totals)
+
+
+@dataclass
+class BenchData:
+    """The training split, its cache filled before any clock runs: the crops dataset, its tracks, and the
+    input transform with augmentation (what train.py runs) and without (like the tutorial's pipeline)."""
+    dataset: ClipDataset
+    paths: list[str]
+    labels: list[int]
+    num_classes: int
+    input_transform: nn.Module
+    plain_transform: nn.Module
+    cache_bytes: int
+    cache_dir: Path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -219,7 +227,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def bench_config(args) -> dict:
-    """train.py's default config with this benchmark's data, model and loader settings."""
+    """train.py's CONFIG (read from its source) with this benchmark's data, model and loader settings."""
     data_root = args.data_root
     if not data_root:
         if GTZAN_MINI.is_dir():
@@ -227,9 +235,10 @@ def bench_config(args) -> dict:
         else:
             data_root = str(make_demo_dataset(Path(args.cache_dir) / "bench-audio", clips_per_class=10,
                                               sample_rate=22050, seconds=30.0))
-    return dict(train.CONFIG, data_root=data_root, csv_path=str(Path(args.cache_dir) / "bench_index.csv"),
-                cache_dir=args.cache_dir, arch=args.arch, resize=args.resize, batch_size=args.batch_size,
-                device=args.device, num_workers=args.num_workers, pretrained=False)
+    return dict(literal_config((ROOT / "train.py").read_text()), data_root=data_root,
+                csv_path=str(Path(args.cache_dir) / "bench_index.csv"), cache_dir=args.cache_dir, arch=args.arch,
+                resize=args.resize, batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
+                pretrained=False)
 
 
 def main(argv=None) -> dict:
@@ -237,120 +246,129 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     cfg = bench_config(args)
-    device = pick_device(args.device)
-    cfg["device"] = str(device)
-    cuda = device.type == "cuda"
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and cfg["amp"] else None
-    channels_last = cuda and cfg["channels_last"]
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    loader_kw = train.loader_settings(cfg, device)
-    bs, rounds, warmup = cfg["batch_size"], args.rounds, args.warmup
-    steps_per_block = args.steps // rounds
+    runtime = setup_runtime(cfg)
+    cfg["device"] = str(runtime.device)
+    loader_kw = loader_settings(cfg, runtime.device)
+    data = load_bench_data(cfg, runtime.device)
+    print_setup(cfg, args, runtime, loader_kw, data)
+    meters = {name: Meter(runtime.device) for name in ("tutorial", "ours", "ours_plain", "model", "full")}
+    blocks = make_blocks(cfg, args, runtime, loader_kw, data, meters)
+    for r in range(args.rounds):
+        for block in (blocks if r % 2 == 0 else blocks[::-1]):
+            block()
+    return print_results(meters, cfg["batch_size"], args.rounds, runtime.device, started)
 
-    # the training split, its cache filled before any clock runs
+
+def load_bench_data(cfg: dict, device: torch.device) -> BenchData:
+    """The training split of ``cfg["data_root"]`` with every spectrogram cached, normalised on itself."""
     logmel, _ = build_features(cfg)
     data = prepare_data(cfg, logmel, num_workers=torch.multiprocessing.cpu_count() or 1, show_progress=False)
     part = data.splits["train"]
     paths, labels, entries = list(part.path), [int(y) for y in part.y], list(part.entry)
     mean, std = normalisation_stats(data.cache.get(p, e) for p, e in zip(paths, entries))
-    _, image = build_features(cfg, mean, std, build_augment(cfg))
-    _, plain_image = build_features(cfg, mean, std)
-    image, plain_image = image.to(device).train(), plain_image.to(device).train()
+    _, augmented = build_features(cfg, mean, std, build_augment(cfg))
+    _, plain = build_features(cfg, mean, std)
     clip_frames, _ = window_frames(cfg, logmel)
     dataset = ClipDataset(paths, labels, data.cache, clip_frames, cfg["seed"], entries=entries)
-    cache_bytes = sum(Path(e).stat().st_size for e in entries)
-    num_classes = len(data.label_names)
+    return BenchData(dataset, paths, labels, len(data.label_names), augmented.to(device).train(),
+                     plain.to(device).train(), sum(Path(e).stat().st_size for e in entries), data.cache.dir)
 
-    print(f"bench: {cfg['arch']} {cfg['resize']}x{cfg['resize']}, batch {bs}, {device} "
+
+def print_setup(cfg: dict, args, runtime: Runtime, loader_kw: dict, data: BenchData) -> None:
+    """The benchmark's first lines: model, device, precision, loader, data and the work of each round."""
+    bs, amp = cfg["batch_size"], str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else "off"
+    print(f"bench: {cfg['arch']} {cfg['resize']}x{cfg['resize']}, batch {bs}, {runtime.device} "
           f"(torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"amp {str(amp_dtype).replace('torch.', '') if amp_dtype else 'off'}, channels_last {channels_last}); "
+          f"amp {amp}, channels_last {runtime.channels_last}); "
           f"our loader: {loader_kw['num_workers']} workers, pin_memory {loader_kw['pin_memory']}")
-    print(f"data: {len(paths)} training tracks of {cfg['data_root']}; cache {cache_bytes / 2 ** 20:.1f} MiB "
-          f"({cache_bytes / len(paths) / 2 ** 20:.2f} MiB per track) in {data.cache.dir}")
-    print(f"{rounds} rounds; per round: (a) {2 * bs} + {8 * bs} + {8 * bs} clips, (b) and (c) {warmup} + "
-          f"{steps_per_block} steps each", flush=True)
+    print(f"data: {len(data.paths)} training tracks of {cfg['data_root']}; cache {data.cache_bytes / 2 ** 20:.1f} MiB "
+          f"({data.cache_bytes / len(data.paths) / 2 ** 20:.2f} MiB per track) in {data.cache_dir}")
+    print(f"{args.rounds} rounds; per round: (a) {2 * bs} + {8 * bs} + {8 * bs} clips, (b) and (c) {args.warmup} + "
+          f"{args.steps // args.rounds} steps each", flush=True)
 
-    meters = {name: Meter(device) for name in ("tutorial", "ours", "ours_plain", "model", "full")}
 
-    # (a) tutorial-style: one untimed batch first (lazy initialisation), then 2 batches per round
-    tutorial_set = TutorialDataset(paths, labels, cfg["resize"])
-    tutorial_loader = DataLoader(tutorial_set, batch_size=bs, num_workers=0,
-                                 sampler=RandomSampler(tutorial_set, num_samples=(1 + 2 * rounds) * bs))
-    tutorial_batches = iter(tutorial_loader)
-    next(tutorial_batches)
+def make_blocks(cfg: dict, args, runtime: Runtime, loader_kw: dict, data: BenchData, meters: dict) -> list:
+    """One timed block of each measurement, as callables in table order: (a) tutorial-style, ours, ours
+    without augmentation, (b) model-only, (c) full step. Each has its own batch stream and model."""
+    bs, steps, warmup = cfg["batch_size"], args.steps // args.rounds, args.warmup
+    tutorial_set = TutorialDataset(data.paths, data.labels, cfg["resize"])
+    tutorial = iter(DataLoader(tutorial_set, batch_size=bs, num_workers=0,
+                               sampler=RandomSampler(tutorial_set, num_samples=(1 + 2 * args.rounds) * bs)))
+    next(tutorial)  # one untimed batch first (lazy initialisation)
+    stream = functools.partial(OurBatches, data.dataset, cfg, loader_kw)
+    return [functools.partial(tutorial_block, tutorial, runtime.device, meters["tutorial"]),
+            functools.partial(ours_block, stream(), data.input_transform, cfg, runtime, meters["ours"], warmup),
+            functools.partial(ours_block, stream(), data.plain_transform, cfg, runtime, meters["ours_plain"], warmup),
+            functools.partial(model_block, Trainer(cfg, data.num_classes, runtime),
+                              fixed_batch(stream(), cfg, runtime, data.input_transform), meters["model"], warmup,
+                              steps),
+            functools.partial(full_block, Trainer(cfg, data.num_classes, runtime), stream(), data.input_transform,
+                              cfg, runtime, meters["full"], warmup, steps)]
 
-    def tutorial_block():
-        t0, clips = meters["tutorial"].now(), 0
-        for _ in range(2):
-            x, _ = next(tutorial_batches)
-            clips += len(x.to(device))
-        meters["tutorial"].add(clips, t0)
 
-    # (a) ours, with and without augmentation: 8 batches per round after the block's warmup
-    def ours_block(stream: OurBatches, mel_image, meter: Meter):
-        t0, clips = meter.now(), 0
-        for i, (step, (x, _, _)) in enumerate(stream.block(warmup + 8)):
-            if i == warmup:
-                t0, clips = meter.now(), 0
-            torch.manual_seed(train.step_seed(cfg["seed"], 0, 0, step))
-            with torch.no_grad():
-                x = mel_image(x.to(device, non_blocking=True))
-            clips += len(x)
-        meter.add(clips, t0)
+def tutorial_block(batches, device: torch.device, meter: Meter) -> None:
+    """(a) tutorial-style: 2 batches of the per-item pipeline, copied to the device."""
+    t0, clips = meter.now(), 0
+    for _ in range(2):
+        x, _ = next(batches)
+        clips += len(x.to(device))
+    meter.add(clips, t0)
 
-    ours_stream, plain_stream = OurBatches(dataset, cfg, loader_kw), OurBatches(dataset, cfg, loader_kw)
 
-    # (b) model-only: one fixed batch from our pipeline, mixed up as in (c)
-    _, (x, y, _) = next(OurBatches(dataset, cfg, loader_kw).block(1))
-    torch.manual_seed(train.step_seed(cfg["seed"], 0, 0, 0))
-    x, y = x.to(device), y.to(device)
-    with torch.no_grad():
-        x = image(x)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x_mixed, y_a, y_b, lam = train.mixup(x, y, cfg["mixup_alpha"])
-    fixed = (x_mixed, y, y_a, y_b, lam)
-    limit = Trainer(cfg, num_classes, device, amp_dtype, channels_last)
+def ours_block(stream: OurBatches, input_transform: nn.Module, cfg: dict, runtime: Runtime, meter: Meter,
+               warmup: int) -> None:
+    """(a) ours: ``warmup`` untimed, then 8 timed batches from our loader to model-ready images on the device."""
+    t0, clips = meter.now(), 0
+    for i, (step, (x, y, _)) in enumerate(stream.block(warmup + 8)):
+        if i == warmup:
+            t0, clips = meter.now(), 0
+        torch.manual_seed(step_seed(cfg["seed"], 0, 0, step))
+        x, _ = prepare_batch(x, y, runtime, input_transform)
+        clips += len(x)
+    meter.add(clips, t0)
 
-    def model_block():
-        x, y, y_a, y_b, lam = fixed
-        for i in range(warmup + steps_per_block):
-            if i == warmup:
-                limit.flush()
-                t0 = meters["model"].now()
-            limit.step(x, y, y_a, y_b, lam)
-        limit.flush()
-        meters["model"].add(steps_per_block * len(y), t0)
 
-    # (c) full step: train.py's loop body
-    full = Trainer(cfg, num_classes, device, amp_dtype, channels_last)
-    full_stream = OurBatches(dataset, cfg, loader_kw)
+def fixed_batch(stream: OurBatches, cfg: dict, runtime: Runtime, input_transform: nn.Module) -> tuple:
+    """(b)'s batch: the first of our pipeline, mixed up as in (c). Returns (x, y, y_a, y_b, lam) on the device."""
+    _, (x, y, _) = next(stream.block(1))
+    torch.manual_seed(step_seed(cfg["seed"], 0, 0, 0))
+    x, y = prepare_batch(x, y, runtime, input_transform)
+    x_mixed, y_a, y_b, lam = mixup(x, y, cfg["mixup_alpha"])
+    return x_mixed, y, y_a, y_b, lam
 
-    def full_block():
-        t0, clips = meters["full"].now(), 0
-        for i, (step, (x, y, _)) in enumerate(full_stream.block(warmup + steps_per_block)):
-            if i == warmup:
-                full.flush()
-                t0, clips = meters["full"].now(), 0
-            torch.manual_seed(train.step_seed(cfg["seed"], 0, 0, step))
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.no_grad():
-                x = image(x)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x, y_a, y_b, lam = train.mixup(x, y, cfg["mixup_alpha"])
-            full.step(x, y, y_a, y_b, lam)
-            clips += len(y)
-        full.flush()
-        meters["full"].add(clips, t0)
 
-    blocks = [tutorial_block, lambda: ours_block(ours_stream, image, meters["ours"]),
-              lambda: ours_block(plain_stream, plain_image, meters["ours_plain"]), model_block, full_block]
-    for r in range(rounds):
-        for block in (blocks if r % 2 == 0 else blocks[::-1]):
-            block()
+def model_block(trainer: Trainer, batch: tuple, meter: Meter, warmup: int, steps: int) -> None:
+    """(b) model-only: ``warmup`` untimed, then ``steps`` timed training steps on the same batch."""
+    x, y, y_a, y_b, lam = batch
+    for i in range(warmup + steps):
+        if i == warmup:
+            trainer.flush()
+            t0 = meter.now()
+        trainer.step(x, y, y_a, y_b, lam)
+    trainer.flush()
+    meter.add(steps * len(y), t0)
 
+
+def full_block(trainer: Trainer, stream: OurBatches, input_transform: nn.Module, cfg: dict, runtime: Runtime,
+               meter: Meter, warmup: int, steps: int) -> None:
+    """(c) full step, train.py's loop body: ``warmup`` untimed, then ``steps`` timed steps from our loader."""
+    t0, clips = meter.now(), 0
+    for i, (step, (x, y, _)) in enumerate(stream.block(warmup + steps)):
+        if i == warmup:
+            trainer.flush()
+            t0, clips = meter.now(), 0
+        torch.manual_seed(step_seed(cfg["seed"], 0, 0, step))
+        x, y = prepare_batch(x, y, runtime, input_transform)
+        x_mixed, y_a, y_b, lam = mixup(x, y, cfg["mixup_alpha"])
+        trainer.step(x_mixed, y, y_a, y_b, lam)
+        clips += len(y)
+    trainer.flush()
+    meter.add(clips, t0)
+
+
+def print_results(meters: dict, batch_size: int, rounds: int, device: torch.device, started: float) -> dict:
+    """The table, the two ratios with their standard errors and the machine-readable summary line.
+    Returns {measurement: clips/s, data_speedup, step_efficiency}."""
     rate = {name: m.rate for name, m in meters.items()}
     # Same work on both sides: the tutorial-style pipeline has no augmentation (its baseline run), so the
     # headline speedup compares it with ours without augmentation; ours with augmentation is shown beside it.
@@ -362,7 +380,7 @@ def main(argv=None) -> dict:
             ("(c) full training step, ours", "full")]
     print(f"\n{'':66s}{'clips/s':>10s}{'ms/batch':>11s}{'timed clips':>13s}")
     for label, name in rows:
-        print(f"{label:66s}{rate[name]:10.1f}{1000 * bs / rate[name]:11.1f}{meters[name].clips:13d}")
+        print(f"{label:66s}{rate[name]:10.1f}{1000 * batch_size / rate[name]:11.1f}{meters[name].clips:13d}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     m = meters
     print(f"\ndata speedup (ours / tutorial-style, same work): {speedup:.1f}x "

@@ -11,19 +11,36 @@ Ctrl-C saves last.pt (mid-epoch) and exits 130; --resume continues exactly where
 """
 from __future__ import annotations
 
-import math
-import signal
+import functools
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import torch
-import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
+
+from augment import build_augment
+from data import DataError, PreparedData, prepare_data
+from data.dataset import ClipDataset, EpochSampler, TrackDataset, collate_clips, collate_tracks
+from data.demo import make_demo_dataset
+from data.features import build_features, normalisation_stats, window_frames
+from evaluation import predict_tracks, track_loss
+from evaluation.metrics import classification_metrics, close, plot_confusion_matrix, save_report
+from experiment import distributed
+from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from experiment.config import ConfigError, format_help, key_comments, parse_config
+from experiment.engine import (MIN_BATCH_CLIPS, PendingSteps, Runtime, build_model_and_optimizer, loader_settings,
+                               mixup, prepare_batch, setup_runtime, step_seed, train_step)
+from experiment.resume import ResumeState, StopRequest
+from experiment.tracking import MODES, Tracker
+from models import PretrainedWeightsError
+
 
 CONFIG = dict(
     # --- data ---
@@ -111,109 +128,29 @@ PRESETS = {
 LOCKED_ON_RESUME = ("data_root", "csv_path", "split", "val_size", "test_size", "split_seed", "sample_rate", "n_fft",
                     "hop_length", "n_mels", "f_min", "f_max", "scale", "top_db", "clip_seconds", "resize", "arch")
 
-from augment import build_augment  # noqa: E402
-from data import DataError, prepare_data  # noqa: E402
-from data.dataset import ClipDataset, EpochSampler, TrackDataset, collate_clips, collate_tracks  # noqa: E402
-from data.demo import make_demo_dataset  # noqa: E402
-from data.features import build_features, normalisation_stats, window_frames  # noqa: E402
-from evaluation import autocast, predict_tracks, track_loss  # noqa: E402
-from evaluation.metrics import classification_metrics, close, plot_confusion_matrix, save_report  # noqa: E402
-from experiment import distributed  # noqa: E402
-from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from experiment.config import ConfigError, format_help, key_comments, parse_config  # noqa: E402
-from experiment.tracking import MODES, Tracker  # noqa: E402
-from models import PretrainedWeightsError, build_model  # noqa: E402
-
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); checkpoints on disk are intact."""
 
 
-def make_scheduler(optimizer, cfg):
-    """Per-epoch schedule: linear warmup ``lr * (e + 1) / warmup_epochs`` for epochs ``e < warmup_epochs``,
-    then StepLR(``lr_step_size``, ``lr_gamma``) counted from the end of warmup (the tutorial's schedule)."""
-    step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg["lr_step_size"] or 10 ** 9, gamma=cfg["lr_gamma"])
-    warmup = cfg["warmup_epochs"]
-    if warmup <= 0:
-        return step
-    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0,
-                                               total_iters=max(warmup - 1, 1))
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, step], milestones=[warmup])
-
-
-def step_seed(*parts: int) -> int:
-    """A 63-bit seed from (seed, rank, epoch, step): every step's randomness is reproducible on resume."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def mixup(x, y, alpha: float):
-    """Mixup (Zhang et al. 2018): ``lam * x + (1 - lam) * x[perm]`` with lam ~ Beta(alpha, alpha).
-    Returns (x, y_a, y_b, lam); identity when ``alpha`` is 0."""
-    if alpha <= 0 or len(y) < 2:
-        return x, y, y, 1.0
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    lam = max(lam, 1 - lam)  # the original label stays dominant, so train/acc stays meaningful
-    perm = torch.randperm(len(y), device=y.device)
-    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
-
-
-def loader_settings(cfg, device: torch.device) -> dict:
-    """DataLoader keyword arguments of every training and evaluation loader (train.py and bench.py).
-
-    ``num_workers=-1`` (auto): 0 on the CPU, where the cached crops cost milliseconds per batch and a worker
-    process would only compete with the model for the cores; up to 8 on an accelerator. Workers persist
-    across epochs; batches are pinned for asynchronous copies on CUDA.
-    """
-    workers = cfg["num_workers"]
-    if workers < 0:
-        workers = 0 if device.type == "cpu" else min(8, torch.multiprocessing.cpu_count() or 1)
-    return dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-
-
-def train_step(model, optimizer, scaler, x, y_a, y_b, lam: float, device: torch.device, amp_dtype=None):
-    """One optimisation step on a (mixed-up) batch: forward (autocast when ``amp_dtype``), mixup
-    cross-entropy ``lam * CE(y_a) + (1 - lam) * CE(y_b)``, backward, optimizer step through ``scaler``.
-
-    Args: x float [B, 3, H, W] on ``device``; y_a, y_b long [B]. Returns (logits [B, K], loss scalar), not synced.
-    """
-    with autocast(device, amp_dtype):
-        logits = model(x)
-        loss = lam * F.cross_entropy(logits, y_a) + (1 - lam) * F.cross_entropy(logits, y_b)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return logits, loss
-
-
-def example_figure(images, labels, label_names):
-    """Up to 8 training inputs (after augmentation) as a matplotlib figure: what the network sees."""
-    import matplotlib.pyplot as plt
-    n = min(8, len(images))
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), dpi=100, squeeze=False)
-    for ax, img, y in zip(axes[0], images[:n], labels[:n]):
-        ax.imshow(img[0].float().cpu().numpy(), origin="lower", aspect="auto", cmap="magma")
-        ax.set_title(label_names[int(y)], fontsize=9)
-        ax.axis("off")
-    fig.suptitle("training inputs (channel 0, after augmentation; x: time, y: mel band)", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def default_names(cfg, data_root: Path) -> tuple[str, str]:
-    """(SwanLab project, experiment name) when the config leaves them empty."""
-    dataset = data_root.parent.name if data_root.name in ("genres_original", "genres") else data_root.name
-    tag = f"-{cfg['preset']}" if cfg["preset"] and cfg["preset"] != cfg["arch"] else ""
-    name = f"{cfg['arch']}-{cfg['resize']}px-lr{cfg['learning_rate']:g}{tag}-{datetime.now():%m%d-%H%M%S}"
-    return cfg["swanlab_project"] or f"{dataset}-classification", cfg["experiment_name"] or name
-
-
 def main(argv: list[str] | None = None) -> dict:
-    """Train; returns the final summary dict. See the module docstring and CONFIG."""
+    """Train with the command line's config; returns the final summary dict. See the module docstring and CONFIG."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(format_help(CONFIG, PRESETS, __doc__, key_comments(Path(__file__).read_text())))
         return {}
+    cfg, resumed = read_config(argv)
+    return run_training(cfg, resumed)
+
+
+def read_config(argv: list[str]) -> tuple[dict, dict | None]:
+    """(config, checkpoint to resume or None): CONFIG with ``--preset`` and the ``--key=value`` overrides; with
+    ``--resume``, the checkpoint's config with this command's overrides, which may not change LOCKED_ON_RESUME.
+
+    Raises:
+        ConfigError: unknown key, bad value or choice, a locked key changed on resume.
+        FileNotFoundError, CheckpointError: ``--resume`` names no readable checkpoint.
+    """
     cfg = parse_config(argv, CONFIG, PRESETS)
     resumed = None
     if cfg["resume"]:
@@ -228,248 +165,44 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--swanlab_mode={cfg['swanlab_mode']}: choose one of {', '.join(m or '(empty)' for m in MODES)}")
     if cfg["features_on"] not in ("device", "item"):
         raise ConfigError(f"--features_on={cfg['features_on']}: choose device or item")
+    if cfg["batch_size"] < MIN_BATCH_CLIPS:
+        raise ConfigError(f"--batch_size={cfg['batch_size']}: BatchNorm trains on batches of {MIN_BATCH_CLIPS} "
+                          f"clips or more; use --batch_size={MIN_BATCH_CLIPS} or larger")
+    return cfg, resumed
 
-    # ---- setup: process group, device, precision ----
-    dist = distributed.setup(cfg["device"])
-    device, main_rank = dist.device, dist.is_main
-    torch.manual_seed(cfg["seed"])
-    cuda = device.type == "cuda"
-    amp_dtype = None
-    if cuda and cfg["amp"]:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    channels_last = cuda and cfg["channels_last"]
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    loader_kw = loader_settings(cfg, device)
-    workers = loader_kw["num_workers"]
 
-    # ---- data: index -> splits -> cached spectrograms ----
-    if cfg["preset"] == "demo" and main_rank:
-        make_demo_dataset(cfg["data_root"])
-    logmel, _ = build_features(cfg)
-    data = prepare_data(cfg, logmel, main_rank, lambda: distributed.barrier(dist),
-                        resumed["label_names"] if resumed else None,
-                        num_workers=max(workers, torch.multiprocessing.cpu_count() or 1), show_progress=main_rank)
-    names, splits = data.label_names, data.splits
-    track_lists = data.track_lists()  # saved in checkpoints: evaluate.py checks it rebuilds the same split
-    cfg["data_root"], cfg["csv_path"] = str(data.data_root), str(data.index.csv_path)
-    if resumed:
-        norm = resumed["features"]["norm"]
-    elif cfg["scale"] == "db":
-        mean, std = normalisation_stats(data.cache.get(p, e) for p, e in zip(splits["train"].path, splits["train"].entry))
-        norm = dict(mean=mean, std=std)
-    else:
-        norm = dict(mean=0.0, std=1.0)
-    _, image = build_features(cfg, norm["mean"], norm["std"], build_augment(cfg))
-    image = image.to(device)
-    clip_frames, hop_frames = window_frames(cfg, logmel)
-
-    train_set = ClipDataset(splits["train"].path, splits["train"].y, data.cache, clip_frames, cfg["seed"],
-                            image=image if cfg["features_on"] == "item" else None, entries=splits["train"].entry)
-    sampler = EpochSampler(len(train_set), cfg["seed"], dist.rank, dist.world_size)
-    train_loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, collate_fn=collate_clips, **loader_kw)
-    eval_loaders = {}
-    for name in ("val", "test"):
-        if name in splits:
-            part = splits[name]
-            tracks = TrackDataset(part.path, part.y, data.cache, clip_frames, hop_frames, entries=part.entry)
-            shard = Subset(tracks, range(dist.rank, len(tracks), dist.world_size))
-            eval_loaders[name] = DataLoader(shard, batch_size=cfg["batch_size"], collate_fn=collate_tracks, **loader_kw)
-
-    # ---- model, optimiser, schedule ----
-    model = build_model(cfg["arch"], len(names), cfg["pretrained"] and not resumed).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
-    scheduler = make_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    start_epoch, start_step, accum = 0, 0, None
-    best = dict(val_acc=-1.0, val_loss=math.inf, epoch=0)
-    if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        scaler.load_state_dict(resumed["scaler"])
-        start_epoch, start_step, accum, best = resumed["epoch"], resumed["step"], resumed["accum"], resumed["best"]
-    core = model  # un-wrapped module: what checkpoints hold
-    if cfg["compile"]:
-        model = torch.compile(model)
-    if dist.enabled:
-        model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    # Evaluation runs the module inside DDP: a DDP forward may be a collective (it broadcasts buffers), and
-    # ranks evaluate different numbers of windows (none at all when their tracks are skipped).
-    eval_model = model.module if dist.enabled else model
-
-    # ---- run folder and tracking ----
-    project, experiment = default_names(cfg, data.data_root)
-    if resumed:
-        project, experiment = resumed["swanlab_project"], resumed["experiment_name"]
-    cfg["swanlab_project"], cfg["experiment_name"] = project, experiment
-    run_dir = Path(cfg["resume"]) if resumed and Path(cfg["resume"]).is_dir() else Path(cfg["out_dir"]) / experiment
-    if resumed and not Path(cfg["resume"]).is_dir():
-        run_dir = Path(cfg["resume"]).parent
-    tracker = Tracker(run_dir, enabled=main_rank, history=resumed["history"] if resumed else None)
-    counts = {n: {k: int(v) for k, v in part.label.value_counts().sort_index().items()} for n, part in splits.items()}
-    environment = dict(torch=torch.__version__, device=str(device), world_size=dist.world_size,
-                       amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "off", label_names=names,
-                       clips={n: len(p) for n, p in splits.items()}, class_counts=counts,
-                       unusable_files=len(data.unusable), norm_mean=norm["mean"], norm_std=norm["std"])
+def run_training(cfg: dict, resumed: dict | None = None) -> dict:
+    """One run: runtime -> data -> model and optimiser -> tracker -> epochs (train, evaluate, log and
+    checkpoint) -> final report. ``cfg`` as read_config returns it, ``resumed`` the checkpoint to continue.
+    Returns the summary scalars and ``run_dir``. Ctrl-C saves last.pt and raises KeyboardInterrupt."""
+    cfg = dict(cfg)  # the stages fill in the resolved data paths and the SwanLab names
+    runtime = setup_runtime(cfg)
+    data = load_data(cfg, runtime, resumed)
+    model, optimizer, scheduler, scaler = build_optimisation(cfg, runtime, len(data.label_names), resumed)
+    train_model = wrap_model(model, cfg, runtime)
+    progress = ResumeState.restore(resumed)
+    tracker, run_dir = start_tracker(cfg, runtime, data, resumed)
+    run = Run(cfg, runtime, data, model, train_model, optimizer, scheduler, scaler, tracker, run_dir,
+              SkipLog(runtime.dist.is_main))
+    stop = StopRequest(announce=runtime.dist.is_main).install()
+    epoch, status = progress.epoch, "success"
     try:
-        import torchaudio
-        environment["torchaudio"] = torchaudio.__version__
-    except ImportError:
-        pass
-    tracker.start(project, experiment, {**cfg, "environment": environment}, cfg["swanlab_mode"], cfg["swanlab_logdir"],
-                  run_id=resumed.get("swanlab_run_id") if resumed else None)
-    if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        print(f"{experiment}: {len(splits['train'])} train / " + " / ".join(f"{len(splits[n])} {n}" for n in eval_loaders)
-              + f" clips, {len(names)} classes, {cfg['arch']} on {device}"
-              + (f" x{dist.world_size}" if dist.enabled else "") + f", run folder {run_dir}")
-
-    def state(epoch: int, step: int, accum: dict | None) -> dict:
-        return dict(model=core.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict(), epoch=epoch, step=step, accum=accum, best=best, config=cfg,
-                    label_names=names, features=dict(params=logmel.params(), norm=norm), history=tracker.history,
-                    splits=track_lists,
-                    swanlab_run_id=tracker.run_id, swanlab_project=project, experiment_name=experiment)
-
-    def evaluate(split: str) -> dict:
-        """Track-level metrics of ``split`` over all ranks: loss, top-1 %, macro-F1 %, confusion, predictions."""
-        distributed.broadcast_buffers(core, dist)  # every rank evaluates rank 0's BatchNorm statistics
-        out = predict_tracks(eval_model, image, eval_loaders[split], device, amp_dtype, channels_last)
-        parts = distributed.gather((out["logits"], out["labels"], out["indices"], out["skipped"]), dist)
-        logits, labels = torch.cat([p[0] for p in parts if len(p[1])]), torch.cat([p[1] for p in parts])
-        m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), names)
-        return dict(loss=track_loss(logits, labels), acc=100 * m["top1"], macro_f1=100 * m["macro_f1"], metrics=m,
-                    skipped=[s for p in parts for s in p[3]])
-
-    # ---- Ctrl-C: finish the current step, save last.pt, exit 130 (a second Ctrl-C stops at once) ----
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        if main_rank:
-            print("\nInterrupt: stopping after this step and saving last.pt (Ctrl-C again to quit now)", flush=True)
-
-    previous_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread() else None
-    warned = set()
-
-    def report_skipped(skipped) -> int:
-        for s in skipped:
-            if s.path not in warned and main_rank:
-                warned.add(s.path)
-                tqdm.write(f"warning: skipped {s.path}: {s.reason}")
-        return len(skipped)
-
-    sync_every = 10 if cuda else 1
-    epoch, step, status = start_epoch, start_step, "success"
-    try:
-        for epoch in range(start_epoch, cfg["num_epochs"]):
-            # ---------------- train one epoch ----------------
-            t0 = time.time()
-            acc = accum or dict(loss_sum=0.0, batches=0, correct=0, seen=0, skipped=0, seconds=0.0, train_seconds=0.0)
-            accum = None
-            sampler.set_epoch(epoch, start=step * cfg["batch_size"])
-            model.train()
-            image.train()
-            lr = optimizer.param_groups[0]["lr"]
-            pending = []  # (step, loss, correct, n) on the device since the last sync
-            last_step = step + len(train_loader)
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg['num_epochs']}", unit="batch", leave=False,
-                       disable=not main_rank, initial=step, total=step + len(train_loader))
-            for x, y, bad in bar:
-                acc["skipped"] += report_skipped(bad)
-                if len(y):
-                    torch.manual_seed(step_seed(cfg["seed"], dist.rank, epoch, step))
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    if cfg["features_on"] == "device":
-                        with torch.no_grad():
-                            x = image(x)
-                    if epoch == 0 and step == 0 and main_rank:
-                        fig = example_figure(x, y, names)
-                        tracker.log_figure("train/example_inputs", fig, 1, "what the network sees")
-                        close(fig)
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    x, y_a, y_b, lam = mixup(x, y, cfg["mixup_alpha"])
-                    logits, loss = train_step(model, optimizer, scaler, x, y_a, y_b, lam, device, amp_dtype)
-                    pending.append((step, loss.detach().float(), (logits.argmax(1) == y).sum(), len(y)))
-                step += 1
-                if len(pending) >= sync_every or stop["requested"] or step >= last_step:
-                    bad_step = None
-                    for s, l, c, n in pending:
-                        l = l.item()
-                        if not math.isfinite(l) and bad_step is None:
-                            bad_step = s
-                        acc["loss_sum"] += l
-                        acc["batches"] += 1
-                        acc["correct"] += int(c)
-                        acc["seen"] += n
-                    pending = []
-                    flags = distributed.all_reduce_sum([float(stop["requested"]), float(bad_step is not None)], dist)
-                    if flags[1]:
-                        raise TrainingError(
-                            f"non-finite loss at epoch {epoch + 1}, step {bad_step if bad_step is not None else '?'} "
-                            f"(learning rate {lr:.2e}). Training stopped; the checkpoints in {run_dir} hold the last "
-                            f"good state. Lower --learning_rate or check the input data.")
-                    if flags[0]:
-                        stop["requested"] = True
-                        break
-                    if main_rank and acc["batches"]:
-                        bar.set_postfix(loss=f"{acc['loss_sum'] / acc['batches']:.3f}",
-                                        acc=f"{100 * acc['correct'] / max(acc['seen'], 1):.1f}%")
-            bar.close()
-            acc["train_seconds"] += time.time() - t0
-            if stop["requested"]:  # mid-epoch: save where we are, so --resume continues with the next batch
-                if main_rank:
-                    save_checkpoint(state(epoch, step, acc), run_dir / "last.pt")
+        for epoch in range(progress.epoch, cfg["num_epochs"]):
+            started, lr = time.time(), optimizer.param_groups[0]["lr"]
+            train_one_epoch(run, progress, stop)
+            if stop.requested:  # mid-epoch: save where we are, so --resume continues with the next batch
+                if runtime.dist.is_main:
+                    save_checkpoint(checkpoint_state(run, progress), run_dir / "last.pt")
                 raise KeyboardInterrupt
             scheduler.step()
-
-            # ---------------- evaluate, log, checkpoint ----------------
-            val = evaluate("val")
-            total = distributed.all_reduce_sum([acc["loss_sum"], acc["batches"], acc["correct"], acc["seen"],
-                                                acc["skipped"]], dist)
-            acc["seconds"] += time.time() - t0
-            metrics = {
-                "train/epoch": epoch + 1,
-                "train/loss": total[0] / max(total[1], 1),
-                "train/acc": 100 * total[2] / max(total[3], 1),
-                "val/loss": val["loss"],
-                "val/acc": val["acc"],
-                "val/macro_f1": val["macro_f1"],
-                "train/lr": lr,
-                "train/epoch_seconds": acc["seconds"],
-                "train/clips_per_second": total[3] / max(acc["train_seconds"], 1e-9),
-                "data/skipped_clips": int(total[4]) + report_skipped(val["skipped"]),
-            }
-            improved = (val["acc"], -val["loss"]) > (best["val_acc"], -best["val_loss"])
-            if improved:
-                best = dict(val_acc=val["acc"], val_loss=val["loss"], epoch=epoch + 1)
-            if main_rank:
-                tracker.log_epoch(metrics, step=epoch + 1)
-                every = cfg["confusion_every"]
-                if (every and (epoch + 1) % every == 0) or epoch + 1 == cfg["num_epochs"]:
-                    fig = plot_confusion_matrix(val["metrics"]["confusion"], names, f"val, epoch {epoch + 1}")
-                    tracker.log_figure("val/confusion_matrix", fig, epoch + 1, f"epoch {epoch + 1}")
-                    close(fig)
-                save_checkpoint(state(epoch + 1, 0, None), run_dir / "last.pt")
-                if improved:
-                    save_checkpoint(state(epoch + 1, 0, None), run_dir / "best.pt")
-                print(f"epoch {epoch + 1:3d}/{cfg['num_epochs']} | train loss {metrics['train/loss']:.4f} "
-                      f"acc {metrics['train/acc']:5.1f}% | val loss {val['loss']:.4f} acc {val['acc']:5.1f}% "
-                      f"F1 {val['macro_f1']:5.1f}% | lr {lr:.1e} | {acc['seconds']:.0f} s, "
-                      f"{metrics['train/clips_per_second']:.1f} clips/s" + (" *" if improved else ""), flush=True)
-            step = 0
-            if distributed.all_reduce_sum([float(stop["requested"])], dist)[0]:
+            val = evaluate(run, "val")
+            end_of_epoch(run, progress, val, lr, started)
+            if distributed.all_reduce_sum([float(stop.requested)], runtime.dist)[0]:
                 raise KeyboardInterrupt  # Ctrl-C during evaluation: last.pt of this epoch is already saved
-            distributed.barrier(dist)
+            distributed.barrier(runtime.dist)
     except KeyboardInterrupt:
         status = "aborted"
-        if main_rank:
+        if runtime.dist.is_main:
             print(f"Interrupted in epoch {epoch + 1}; {run_dir / 'last.pt'} holds the last complete step.\n"
                   f"Continue with: python train.py --resume={run_dir}", flush=True)
         raise
@@ -477,45 +210,384 @@ def main(argv: list[str] | None = None) -> dict:
         status = "crashed"
         raise
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        stop.restore()
         if status != "success":
             tracker.finish(status)
-            distributed.cleanup(dist)
+            distributed.cleanup(runtime.dist)
+    summary = final_report(run, progress.best)
+    tracker.finish("success")
+    distributed.cleanup(runtime.dist)
+    return summary | {"run_dir": str(run_dir)}
 
-    # ---- final report: the checkpoint chosen on val, on test when there is one ----
-    if (run_dir / "best.pt").exists() or not main_rank:
+
+@dataclass
+class RunData:
+    """The data of a run: class names, splits (DataFrames with path, label, y, entry), the track lists that
+    checkpoints record, LogMel parameters and normalisation (``features``), the input transform (a MelImage
+    on the device: crops -> augmented in train mode, normalised, resized 3-channel images) and the loaders."""
+    label_names: list[str]
+    splits: dict[str, pd.DataFrame]
+    track_lists: dict[str, list[str]]
+    unusable: int
+    features: dict
+    input_transform: nn.Module
+    sampler: EpochSampler
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
+
+
+def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
+    """Index -> splits -> cached spectrograms (rank 0 builds, the others wait) -> normalisation -> loaders.
+
+    The training loader yields this rank's shard of each epoch, in batches of ``batch_size`` random crops;
+    the evaluation loaders (val, and test when the split has one) this rank's share of the tracks. Writes
+    the resolved ``data_root`` and ``csv_path`` into ``cfg`` (checkpoints record them).
+    Raises:
+        DataError: no usable data (see data.prepare_data).
+    """
+    dist, main_rank = runtime.dist, runtime.dist.is_main
+    loader_kw = loader_settings(cfg, runtime.device)
+    if cfg["preset"] == "demo" and main_rank:
+        make_demo_dataset(cfg["data_root"])
+    logmel, _ = build_features(cfg)
+    prepared = prepare_data(cfg, logmel, main_rank, functools.partial(distributed.barrier, dist),
+                            resumed["label_names"] if resumed else None, show_progress=main_rank,
+                            num_workers=max(loader_kw["num_workers"], torch.multiprocessing.cpu_count() or 1))
+    cfg["data_root"], cfg["csv_path"] = str(prepared.data_root), str(prepared.index.csv_path)
+    norm = resumed["features"]["norm"] if resumed else normalisation(cfg, prepared)
+    _, input_transform = build_features(cfg, norm["mean"], norm["std"], build_augment(cfg))
+    input_transform = input_transform.to(runtime.device)
+    clip_frames, hop_frames = window_frames(cfg, logmel)
+    splits, cache = prepared.splits, prepared.cache
+
+    train = splits["train"]
+    train_set = ClipDataset(train.path, train.y, cache, clip_frames, cfg["seed"], entries=train.entry,
+                            image=input_transform if cfg["features_on"] == "item" else None)
+    sampler = EpochSampler(len(train_set), cfg["seed"], dist.rank, dist.world_size)
+    train_loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, collate_fn=collate_clips,
+                              **loader_kw)
+    eval_loaders = {}
+    for name in ("val", "test"):
+        if name in splits:
+            part = splits[name]
+            tracks = TrackDataset(part.path, part.y, cache, clip_frames, hop_frames, entries=part.entry)
+            shard = Subset(tracks, range(dist.rank, len(tracks), dist.world_size))
+            eval_loaders[name] = DataLoader(shard, batch_size=cfg["batch_size"], collate_fn=collate_tracks, **loader_kw)
+    return RunData(prepared.label_names, splits, prepared.track_lists(), len(prepared.unusable),
+                   dict(params=logmel.params(), norm=norm), input_transform, sampler, train_loader, eval_loaders)
+
+
+def normalisation(cfg: dict, prepared: PreparedData) -> dict:
+    """dict(mean, std) of the training split's log-mel values in dB (scale=db); 0 and 1 for the power scale."""
+    if cfg["scale"] != "db":
+        return dict(mean=0.0, std=1.0)
+    train = prepared.splits["train"]
+    mean, std = normalisation_stats(prepared.cache.get(p, e) for p, e in zip(train.path, train.entry))
+    return dict(mean=mean, std=std)
+
+
+def build_optimisation(cfg: dict, runtime: Runtime, num_classes: int, resumed: dict | None):
+    """(model, optimizer, scheduler, scaler): the bare model (ImageNet weights when ``pretrained`` and not
+    resuming), AdamW, the learning-rate schedule and the GradScaler, with their states from ``resumed``."""
+    model, optimizer, scaler = build_model_and_optimizer(cfg, num_classes, runtime, cfg["pretrained"] and not resumed)
+    scheduler = make_scheduler(optimizer, cfg)
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+    return model, optimizer, scheduler, scaler
+
+
+def make_scheduler(optimizer, cfg):
+    """Per-epoch schedule: linear warmup ``lr * (e + 1) / warmup_epochs`` for epochs ``e < warmup_epochs``,
+    then StepLR(``lr_step_size``, ``lr_gamma``) counted from the end of warmup (the tutorial's schedule)."""
+    step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg["lr_step_size"] or 10 ** 9, gamma=cfg["lr_gamma"])
+    warmup = cfg["warmup_epochs"]
+    if warmup <= 0:
+        return step
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0,
+                                               total_iters=max(warmup - 1, 1))
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, step], milestones=[warmup])
+
+
+def wrap_model(model: nn.Module, cfg: dict, runtime: Runtime) -> nn.Module:
+    """What trains: ``model`` compiled (``compile``) and, under torchrun, in DistributedDataParallel."""
+    if cfg["compile"]:
+        model = torch.compile(model)
+    if runtime.dist.enabled:
+        cuda = runtime.device.type == "cuda"
+        model = DistributedDataParallel(model, device_ids=[runtime.device.index] if cuda else None)
+    return model
+
+
+def start_tracker(cfg: dict, runtime: Runtime, data: RunData, resumed: dict | None) -> tuple[Tracker, Path]:
+    """(tracker, run folder): the SwanLab experiment started (or resumed) with the whole config and the
+    environment, history.csv continued from the checkpoint; rank 0 creates the folder and prints the run's
+    first line. Writes the SwanLab project and experiment name into ``cfg``."""
+    project, experiment = default_names(cfg, Path(cfg["data_root"]))
+    if resumed:
+        project, experiment = resumed["swanlab_project"], resumed["experiment_name"]
+        resume_path = Path(cfg["resume"])
+        run_dir = resume_path if resume_path.is_dir() else resume_path.parent
+    else:
+        run_dir = Path(cfg["out_dir"]) / experiment
+    cfg["swanlab_project"], cfg["experiment_name"] = project, experiment
+    tracker = Tracker(run_dir, enabled=runtime.dist.is_main, history=resumed["history"] if resumed else None)
+    tracker.start(project, experiment, {**cfg, "environment": environment(runtime, data)}, cfg["swanlab_mode"],
+                  cfg["swanlab_logdir"], run_id=resumed.get("swanlab_run_id") if resumed else None)
+    if runtime.dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        splits, dist = data.splits, runtime.dist
+        print(f"{experiment}: {len(splits['train'])} train / "
+              + " / ".join(f"{len(splits[n])} {n}" for n in data.eval_loaders)
+              + f" clips, {len(data.label_names)} classes, {cfg['arch']} on {runtime.device}"
+              + (f" x{dist.world_size}" if dist.enabled else "") + f", run folder {run_dir}")
+    return tracker, run_dir
+
+
+def default_names(cfg, data_root: Path) -> tuple[str, str]:
+    """(SwanLab project, experiment name) when the config leaves them empty."""
+    dataset = data_root.parent.name if data_root.name in ("genres_original", "genres") else data_root.name
+    tag = f"-{cfg['preset']}" if cfg["preset"] and cfg["preset"] != cfg["arch"] else ""
+    name = f"{cfg['arch']}-{cfg['resize']}px-lr{cfg['learning_rate']:g}{tag}-{datetime.now():%m%d-%H%M%S}"
+    return cfg["swanlab_project"] or f"{dataset}-classification", cfg["experiment_name"] or name
+
+
+def environment(runtime: Runtime, data: RunData) -> dict:
+    """What the run ran on and with, logged beside the config: versions, device, precision, the data."""
+    amp = str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else "off"
+    counts = {n: {k: int(v) for k, v in part.label.value_counts().sort_index().items()}
+              for n, part in data.splits.items()}
+    env = dict(torch=torch.__version__, device=str(runtime.device), world_size=runtime.dist.world_size, amp=amp,
+               label_names=data.label_names, clips={n: len(p) for n, p in data.splits.items()}, class_counts=counts,
+               unusable_files=data.unusable, norm_mean=data.features["norm"]["mean"],
+               norm_std=data.features["norm"]["std"])
+    try:
+        import torchaudio
+        env["torchaudio"] = torchaudio.__version__
+    except ImportError:
+        pass
+    return env
+
+
+@dataclass
+class Run:
+    """What the stages of one run share. ``model`` is the bare module (what checkpoints hold);
+    ``train_model`` is what trains: ``model`` compiled and/or wrapped in DistributedDataParallel."""
+    cfg: dict
+    runtime: Runtime
+    data: RunData
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    tracker: Tracker
+    run_dir: Path
+    skips: SkipLog
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """``train_model`` outside DDP: a DDP forward may be a collective (it broadcasts buffers), and ranks
+        evaluate different numbers of windows (none at all when their tracks are skipped)."""
+        return self.train_model.module if self.runtime.dist.enabled else self.train_model
+
+
+class SkipLog:
+    """What training leaves out, said on rank 0 (``enabled``): each unreadable clip once per run, and the
+    first step that every rank skipped because a batch held fewer than MIN_BATCH_CLIPS readable clips."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.warned, self.noted_step = enabled, set(), False
+
+    def clips(self, skipped) -> int:
+        """Warn about clips not warned about before; returns how many ``skipped`` holds."""
+        for s in skipped:
+            if s.path not in self.warned and self.enabled:
+                self.warned.add(s.path)
+                tqdm.write(f"warning: skipped {s.path}: {s.reason}")
+        return len(skipped)
+
+    def step(self, epoch: int, step: int) -> None:
+        """Note the first skipped step (0-based ``epoch`` and ``step``)."""
+        if self.enabled and not self.noted_step:
+            self.noted_step = True
+            tqdm.write(f"note: skipped training step {step + 1} of epoch {epoch + 1}: a batch held fewer than "
+                       f"{MIN_BATCH_CLIPS} readable clips, and BatchNorm trains on {MIN_BATCH_CLIPS} or more; later "
+                       f"such steps are skipped without a note")
+
+
+def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
+    """Train epoch ``progress.epoch`` from batch ``progress.step`` on, until it ends or a rank asked to stop;
+    ``progress.step`` and ``progress.epoch_totals()`` follow along.
+
+    A step trains only when every rank has at least MIN_BATCH_CLIPS readable clips (a collective under
+    DDP: a rank that stepped alone would wait for the others in the gradient all-reduce); otherwise every
+    rank skips it. Every ``sync_every`` steps, at the end and on Ctrl-C, see :func:`sync_steps`.
+    """
+    cfg, runtime, data = run.cfg, run.runtime, run.data
+    epoch, totals, started = progress.epoch, progress.epoch_totals(), time.time()
+    data.sampler.set_epoch(epoch, start=progress.step * cfg["batch_size"])
+    run.train_model.train()
+    data.input_transform.train()
+    batch_transform = data.input_transform if cfg["features_on"] == "device" else None
+    pending = PendingSteps(runtime.sync_every)
+    last_step = progress.step + len(data.train_loader)
+    bar = tqdm(data.train_loader, desc=f"epoch {epoch + 1}/{cfg['num_epochs']}", unit="batch", leave=False,
+               disable=not runtime.dist.is_main, initial=progress.step, total=last_step)
+    for x, y, skipped in bar:
+        totals.skipped += run.skips.clips(skipped)
+        if distributed.all_true(len(y) >= MIN_BATCH_CLIPS, runtime.dist):
+            torch.manual_seed(step_seed(cfg["seed"], runtime.dist.rank, epoch, progress.step))
+            x, y = prepare_batch(x, y, runtime, batch_transform)
+            if epoch == 0 and progress.step == 0 and runtime.dist.is_main:
+                log_example_inputs(run.tracker, x, y, data.label_names)
+            x, y_a, y_b, lam = mixup(x, y, cfg["mixup_alpha"])
+            logits, loss = train_step(run.train_model, run.optimizer, run.scaler, x, y_a, y_b, lam, runtime)
+            pending.add(progress.step, logits, loss, y)
+        else:
+            run.skips.step(epoch, progress.step)
+        progress.step += 1
+        if pending.due() or stop.requested or progress.step >= last_step:
+            if sync_steps(run, progress, pending, stop):
+                break
+            if runtime.dist.is_main and totals.batches:
+                bar.set_postfix(loss=f"{totals.loss_sum / totals.batches:.3f}",
+                                acc=f"{100 * totals.correct / max(totals.seen, 1):.1f}%")
+    bar.close()
+    totals.train_seconds += time.time() - started
+
+
+def sync_steps(run: Run, progress: ResumeState, pending: PendingSteps, stop: StopRequest) -> bool:
+    """Read the queued steps into the epoch's totals, then agree with every rank on non-finite loss and Ctrl-C.
+    Returns True when some rank asked to stop (``stop`` is then requested on every rank).
+
+    Raises:
+        TrainingError: a rank's loss was not finite (the checkpoints on disk hold the last good state).
+    """
+    bad_step = pending.read(progress.epoch_totals())
+    flags = distributed.all_reduce_sum([float(stop.requested), float(bad_step is not None)], run.runtime.dist)
+    if flags[1]:
+        lr = run.optimizer.param_groups[0]["lr"]
+        raise TrainingError(
+            f"non-finite loss at epoch {progress.epoch + 1}, step {bad_step if bad_step is not None else '?'} "
+            f"(learning rate {lr:.2e}). Training stopped; the checkpoints in {run.run_dir} hold the last "
+            f"good state. Lower --learning_rate or check the input data.")
+    if flags[0]:
+        stop.request()
+    return bool(flags[0])
+
+
+def log_example_inputs(tracker: Tracker, images, labels, label_names) -> None:
+    """Up to 8 training inputs (after augmentation) to SwanLab: what the network sees."""
+    import matplotlib.pyplot as plt
+    n = min(8, len(images))
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), dpi=100, squeeze=False)
+    for ax, img, y in zip(axes[0], images[:n], labels[:n]):
+        ax.imshow(img[0].float().cpu().numpy(), origin="lower", aspect="auto", cmap="magma")
+        ax.set_title(label_names[int(y)], fontsize=9)
+        ax.axis("off")
+    fig.suptitle("training inputs (channel 0, after augmentation; x: time, y: mel band)", fontsize=9)
+    fig.tight_layout()
+    tracker.log_figure("train/example_inputs", fig, 1, "what the network sees")
+    close(fig)
+
+
+def evaluate(run: Run, split: str) -> dict:
+    """Track-level metrics of ``split`` over all ranks (a collective): loss, top-1 %, macro-F1 %, the full
+    metrics dict and the skipped tracks. Every rank evaluates with rank 0's BatchNorm statistics."""
+    dist, runtime = run.runtime.dist, run.runtime
+    distributed.broadcast_buffers(run.model, dist)
+    out = predict_tracks(run.eval_model, run.data.input_transform, run.data.eval_loaders[split], runtime.device,
+                         runtime.amp_dtype, runtime.channels_last)
+    parts = distributed.gather((out["logits"], out["labels"], out["indices"], out["skipped"]), dist)
+    logits, labels = torch.cat([p[0] for p in parts if len(p[1])]), torch.cat([p[1] for p in parts])
+    m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), run.data.label_names)
+    return dict(loss=track_loss(logits, labels), acc=100 * m["top1"], macro_f1=100 * m["macro_f1"], metrics=m,
+                skipped=[s for p in parts for s in p[3]])
+
+
+def end_of_epoch(run: Run, progress: ResumeState, val: dict, lr: float, started: float) -> None:
+    """The epoch's metrics over all ranks and the best so far; on rank 0: history.csv and SwanLab, the
+    validation confusion matrix every ``confusion_every`` epochs and at the end, last.pt (and best.pt when
+    validation improved), the console line. ``lr``: the epoch's learning rate; ``started``: its start time.
+    Leaves ``progress`` at the start of the next epoch."""
+    cfg, totals, epoch = run.cfg, progress.epoch_totals(), progress.epoch + 1
+    total = distributed.all_reduce_sum([totals.loss_sum, totals.batches, totals.correct, totals.seen, totals.skipped],
+                                       run.runtime.dist)
+    totals.seconds += time.time() - started
+    metrics = {
+        "train/epoch": epoch,
+        "train/loss": total[0] / max(total[1], 1),
+        "train/acc": 100 * total[2] / max(total[3], 1),
+        "val/loss": val["loss"],
+        "val/acc": val["acc"],
+        "val/macro_f1": val["macro_f1"],
+        "train/lr": lr,
+        "train/epoch_seconds": totals.seconds,
+        "train/clips_per_second": total[3] / max(totals.train_seconds, 1e-9),
+        "data/skipped_clips": int(total[4]) + run.skips.clips(val["skipped"]),
+    }
+    improved = progress.record_best(epoch, val["acc"], val["loss"])
+    progress.next_epoch()
+    if run.runtime.dist.is_main:
+        run.tracker.log_epoch(metrics, step=epoch)
+        every = cfg["confusion_every"]
+        if (every and epoch % every == 0) or epoch == cfg["num_epochs"]:
+            fig = plot_confusion_matrix(val["metrics"]["confusion"], run.data.label_names, f"val, epoch {epoch}")
+            run.tracker.log_figure("val/confusion_matrix", fig, epoch, f"epoch {epoch}")
+            close(fig)
+        state = checkpoint_state(run, progress)
+        save_checkpoint(state, run.run_dir / "last.pt")
+        if improved:
+            save_checkpoint(state, run.run_dir / "best.pt")
+        print(f"epoch {epoch:3d}/{cfg['num_epochs']} | train loss {metrics['train/loss']:.4f} "
+              f"acc {metrics['train/acc']:5.1f}% | val loss {val['loss']:.4f} acc {val['acc']:5.1f}% "
+              f"F1 {val['macro_f1']:5.1f}% | lr {lr:.1e} | {totals.seconds:.0f} s, "
+              f"{metrics['train/clips_per_second']:.1f} clips/s" + (" *" if improved else ""), flush=True)
+
+
+def checkpoint_state(run: Run, progress: ResumeState) -> dict:
+    """What a checkpoint (last.pt, best.pt) holds: the module, optimiser, schedule and scaler states; where
+    the run stands (epoch, step, accum, best); what rebuilds the model for evaluation and prediction
+    (config, label_names, features); history, splits and the SwanLab run. Plain types only."""
+    cfg, tracker = run.cfg, run.tracker
+    return dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+                scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(), **progress.checkpoint_fields(),
+                config=cfg, label_names=run.data.label_names, features=run.data.features, history=tracker.history,
+                splits=run.data.track_lists, swanlab_run_id=tracker.run_id, swanlab_project=cfg["swanlab_project"],
+                experiment_name=cfg["experiment_name"])
+
+
+def final_report(run: Run, best: dict) -> dict:
+    """best.pt evaluated on the test split (val when there is none): on rank 0 the report files, the final
+    confusion matrix and summary scalars to SwanLab, the console report. Returns the summary scalars."""
+    cfg, dist, run_dir, names = run.cfg, run.runtime.dist, run.run_dir, run.data.label_names
+    if (run_dir / "best.pt").exists() or not dist.is_main:
         distributed.barrier(dist)
-        core.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
-    final_split = "test" if "test" in eval_loaders else "val"
-    final = evaluate(final_split)
-    minutes = (sum(r["train/epoch_seconds"] for r in tracker.history) / 60) if main_rank else 0.0
+        run.model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=run.runtime.device)["model"])
+    final_split = "test" if "test" in run.data.eval_loaders else "val"
+    final = evaluate(run, final_split)
+    minutes = (sum(r["train/epoch_seconds"] for r in run.tracker.history) / 60) if dist.is_main else 0.0
     protocol = ("held-out test split, checkpoint chosen on val" if final_split == "test" else
                 "val split, also used to choose the checkpoint: optimistic, the tutorial's protocol")
     summary = {"summary/best_val_acc": best["val_acc"], "summary/best_epoch": best["epoch"],
                f"summary/{final_split}_acc": final["acc"], f"summary/{final_split}_macro_f1": final["macro_f1"],
                "summary/total_minutes": minutes}
-    if main_rank:
+    if dist.is_main:
         png, fig = save_report(run_dir, final_split, final["metrics"], names,
-                               f"{experiment}\n{final_split} (best.pt, epoch {best['epoch']}): "
+                               f"{cfg['experiment_name']}\n{final_split} (best.pt, epoch {best['epoch']}): "
                                f"top-1 {final['acc']:.1f}%, macro-F1 {final['macro_f1']:.1f}%",
                                extra=dict(protocol=protocol, checkpoint="best.pt", epoch=best["epoch"]))
-        tracker.log_figure(f"{final_split}/confusion_matrix_final", fig, cfg["num_epochs"], protocol)
+        run.tracker.log_figure(f"{final_split}/confusion_matrix_final", fig, cfg["num_epochs"], protocol)
         close(fig)
-        tracker.log(summary, step=cfg["num_epochs"])
+        run.tracker.log(summary, step=cfg["num_epochs"])
         print(f"\n{final['metrics']['report']}")
         print(f"best val top-1 {best['val_acc']:.1f}% at epoch {best['epoch']} (selected on val)")
         print(f"{final_split} top-1 {final['acc']:.1f}%, macro-F1 {final['macro_f1']:.1f}% ({protocol})")
         print(f"confusion matrix: {png}\nrun folder: {run_dir}  ({minutes:.1f} min)")
-    tracker.finish("success")
-    distributed.cleanup(dist)
-    return summary | {"run_dir": str(run_dir)}
-
-
-def in_main_thread() -> bool:
-    """Signal handlers can only be installed from the main thread."""
-    import threading
-    return threading.current_thread() is threading.main_thread()
+    return summary
 
 
 if __name__ == "__main__":

@@ -23,18 +23,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def forward_windows(model: nn.Module, image: nn.Module, windows: torch.Tensor, device: torch.device,
+def forward_windows(model: nn.Module, input_transform: nn.Module, windows: torch.Tensor, device: torch.device,
                     amp_dtype: torch.dtype | None = None, channels_last: bool = False, chunk: int = 64) -> torch.Tensor:
     """Logits of spectrogram windows.
 
     Args:
+        input_transform: the MelImage that turns windows into model inputs [N, 3, H, W].
         windows: float32 [N, 1, n_mels, W] (any device). ``chunk`` windows go through the model at a time.
     Returns:
         float32 [N, num_classes] on ``device``.
     """
     out = []
     for part in windows.split(chunk):
-        x = image(part.to(device, non_blocking=True))
+        x = input_transform(part.to(device, non_blocking=True))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
@@ -43,21 +44,21 @@ def forward_windows(model: nn.Module, image: nn.Module, windows: torch.Tensor, d
 
 
 @torch.no_grad()
-def predict_tracks(model: nn.Module, image: nn.Module, loader, device: torch.device,
+def predict_tracks(model: nn.Module, input_transform: nn.Module, loader, device: torch.device,
                    amp_dtype: torch.dtype | None = None, channels_last: bool = False, progress=None) -> dict:
     """Window-averaged logits for every track of a loader over ``TrackDataset`` (``collate_tracks``).
 
     Returns dict: ``logits`` float32 [N, K] (cpu), ``labels`` long [N], ``indices`` long [N] (dataset
-    positions), ``skipped`` list of Skipped. Puts ``model`` and ``image`` in eval mode.
+    positions), ``skipped`` list of Skipped. Puts ``model`` and ``input_transform`` in eval mode.
     """
     model.eval()
-    image.eval()
+    input_transform.eval()
     logits, labels, indices, skipped = [], [], [], []
     for windows, y, track_index, idx, bad in (progress(loader) if progress else loader):
         skipped += bad
         if len(y) == 0:
             continue
-        window_logits = forward_windows(model, image, windows, device, amp_dtype, channels_last)
+        window_logits = forward_windows(model, input_transform, windows, device, amp_dtype, channels_last)
         logits.append(average_logits(window_logits, track_index.to(device), len(y)).cpu())
         labels.append(y)
         indices.append(idx)

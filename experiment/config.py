@@ -5,6 +5,7 @@ other overrides in order. ``--help`` prints every key with its default.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import re
 
@@ -65,6 +66,22 @@ def parse_config(argv: list[str], config: dict, presets: dict) -> dict:
             raise ConfigError(f"--{key}: unknown config key.{hint}\nValid keys: {', '.join(sorted(config))}")
         cfg[key] = parse_value(key, value, config[key])
     return cfg
+
+
+def literal_config(source: str, name: str = "CONFIG") -> dict:
+    """The dict assigned to ``name`` in Python ``source`` (``NAME = dict(key=literal, ...)`` or a dict
+    literal), read without running it: how bench.py takes train.py's defaults without importing the trainer.
+
+    Raises:
+        ValueError: no such assignment, or a value that is not a literal.
+    """
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            value = node.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "dict" and not value.args:
+                return {k.arg: ast.literal_eval(k.value) for k in value.keywords}
+            return dict(ast.literal_eval(value))
+    raise ValueError(f"no `{name} = dict(...)` assignment found")
 
 
 def key_comments(source: str) -> dict[str, str]:

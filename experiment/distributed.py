@@ -64,6 +64,14 @@ def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
     return t.tolist()
 
 
+def all_true(flag: bool, d: Dist) -> bool:
+    """Whether ``flag`` holds on every rank: a one-number all-reduce, so every rank must call it (train.py
+    calls it before every step; on CUDA it waits for the previous step to finish)."""
+    if not d.enabled:
+        return flag
+    return all_reduce_sum([float(flag)], d)[0] == d.world_size
+
+
 def gather(obj, d: Dist) -> list:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
     if not d.enabled:

@@ -6,7 +6,9 @@ once per kind of call and the run goes on; every epoch's scalars are also writte
 
 Mode resolution (``--swanlab_mode``): empty means SwanLab's own (the cloud for a logged-in user, as in the
 tutorial; a login prompt on a terminal). When that cannot start (not logged in and no terminal, no
-network) the run falls back to ``offline`` and says how to upload or view it.
+network) the run falls back to ``offline`` and says how to upload or view it. An explicit mode wins over
+SwanLab's ``SWANLAB_MODE`` environment variable; an empty ``SWANLAB_MODE`` counts as unset (SwanLab itself
+rejects it, even when a mode is passed).
 """
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ class Tracker:
         except Exception as err:
             self._report("import", err)
             return
+        if os.environ.get("SWANLAB_MODE") == "":
+            del os.environ["SWANLAB_MODE"]  # SwanLab validates it even when mode= is given, and rejects ""
         kwargs = dict(project=project, name=name, config=config, log_dir=log_dir,
                       id=run_id, resume="allow" if run_id else None, reinit=True)
         requested = {"": None, "cloud": "online"}.get(mode, mode)

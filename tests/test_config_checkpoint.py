@@ -220,3 +220,13 @@ def test_schedule_state_round_trips_mid_run():
         scheduler2.step()
     assert lrs == pytest.approx(epoch_lrs(30, **{k: cfg[k] for k in ("learning_rate", "warmup_epochs",
                                                                        "lr_step_size", "lr_gamma")})[7:], rel=1e-9)
+
+
+def test_train_py_config_reads_back_from_its_source_as_bench_py_reads_it():
+    from pathlib import Path
+
+    from experiment.config import literal_config
+    assert literal_config(Path(train.__file__).read_text()) == train.CONFIG
+    assert literal_config("X = {'a': 1, 'b': (2, 3)}", "X") == {"a": 1, "b": (2, 3)}
+    with pytest.raises(ValueError, match="no `CONFIG = dict"):
+        literal_config("CONFIGS = dict(a=1)")

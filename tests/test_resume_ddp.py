@@ -99,6 +99,53 @@ def test_resume_at_an_epoch_boundary_and_mid_epoch_matches_an_uninterrupted_run(
         assert [v for _, v in logged[key]] == pytest.approx(expected[key].tolist(), rel=1e-6)
 
 
+# What last.pt held before train.py was cut into stages (issue 10): a checkpoint with exactly these keys,
+# its running totals a plain dict under "accum", must keep resuming.
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "accum", "best", "config",
+                   "label_names", "features", "history", "splits", "swanlab_run_id", "swanlab_project",
+                   "experiment_name"}
+
+
+
+def test_resume_state_round_trips_through_the_checkpoint_fields_and_keeps_the_best():
+    from experiment.resume import ResumeState
+    fresh = ResumeState.restore(None)
+    assert fresh.checkpoint_fields() == dict(epoch=0, step=0, accum=None,
+                                             best=dict(val_acc=-1.0, val_loss=float("inf"), epoch=0))
+    assert fresh.record_best(1, 50.0, 1.2)
+    assert not fresh.record_best(2, 50.0, 1.3)  # same top-1, higher loss
+    assert fresh.record_best(3, 50.0, 1.1) and fresh.best == dict(val_acc=50.0, val_loss=1.1, epoch=3)
+    accum = dict(loss_sum=3.0, batches=2, correct=5, seen=8, skipped=1, seconds=4.0, train_seconds=3.5)
+    state = ResumeState.restore(dict(epoch=1, step=2, accum=accum, best=fresh.best))
+    assert state.epoch_totals().seen == 8
+    assert state.checkpoint_fields() == dict(epoch=1, step=2, accum=accum, best=fresh.best)
+    state.next_epoch()
+    assert (state.epoch, state.step, state.totals) == (2, 0, None)
+
+def test_a_mid_epoch_checkpoint_in_the_earlier_layout_resumes_with_its_running_totals(tmp_path):
+    import train
+    from experiment.checkpoint import save_checkpoint
+    root = make_tree(tmp_path / "audio", per_class=6)  # 12 training clips: 3 steps of 4 per epoch
+    train.main(schedule(tmp_path, root, num_epochs=1, swanlab_mode="disabled"))
+    run = tmp_path / "runs" / "tiny"
+    state = load_checkpoint(run / "last.pt")
+    assert set(state) == CHECKPOINT_KEYS and state["accum"] is None
+    assert set(state["best"]) == {"val_acc", "val_loss", "epoch"}
+
+    # Ctrl-C after step 1 of epoch 2, as the earlier train.py saved it: totals that stand out in the log
+    accum = dict(loss_sum=600.0, batches=1, correct=4, seen=4, skipped=1, seconds=1000.0, train_seconds=1000.0)
+    save_checkpoint(dict(state, epoch=1, step=1, accum=accum), run / "last.pt")
+    train.main([f"--resume={run}", "--num_epochs=2"])
+    row = pd.read_csv(run / "history.csv").iloc[1]
+    assert row["train/epoch"] == 2
+    assert 200 < row["train/loss"] < 210  # (600 + two ordinary step losses) / 3 steps
+    assert row["train/epoch_seconds"] > 1000 and row["data/skipped_clips"] == 1
+    assert row["train/acc"] * 12 / 100 == pytest.approx(round(row["train/acc"] * 12 / 100))  # of 4 + 8 clips
+    assert row["train/acc"] >= 100 * 4 / 12
+    final = load_checkpoint(run / "last.pt")
+    assert set(final) == CHECKPOINT_KEYS and (final["epoch"], final["step"], final["accum"]) == (2, 0, None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,3 +229,37 @@ def test_torchrun_two_ranks_gather_validation_and_log_what_one_process_evaluates
     assert acc == pytest.approx(100 * report["top1"], abs=1e-9)
     assert acc == pytest.approx(best_row["val/acc"], abs=1e-9)
     assert track_loss(single["logits"], single["labels"]) == pytest.approx(best_row["val/loss"], rel=1e-4)
+
+
+def test_torchrun_ranks_agree_to_skip_a_step_when_one_rank_has_no_readable_clip(tmp_path):
+    """Both clips of rank 1's first batch have become unreadable since they were cached, so rank 1 has
+    nothing to train on at step 1 while rank 0 has a full batch. Every rank skips that step together
+    (a rank that stepped alone waited for the others in DDP's gradient all-reduce); the run finishes."""
+    import train
+    from data.dataset import EpochSampler
+    from data.index import find_data_root, load_or_build_index
+    from data.splits import make_splits
+    from experiment.config import parse_config
+
+    root = make_tree(tmp_path / "audio", per_class=5)  # 12 training clips: 6 per rank, 3 steps of 2
+    # scale=power: no normalisation pass over the training clips at start-up, which would read them
+    args = tiny_overrides(tmp_path, root, num_epochs=1, batch_size=2, confusion_every=0, scale="power")
+    cfg = parse_config(args, train.CONFIG, train.PRESETS)
+    index = load_or_build_index(find_data_root(cfg["data_root"]), Path(cfg["csv_path"]), show_progress=False)
+    part = make_splits(index.df, cfg["split"], cfg["val_size"], cfg["test_size"], cfg["split_seed"])["train"]
+    sampler = EpochSampler(len(part), cfg["seed"], rank=1, world_size=2)
+    sampler.set_epoch(0)
+    first_batch = [part.path.iloc[i] for (i, _), _ in zip(sampler, range(2))]
+    for path in first_batch:
+        sf.write(path, np.full(4000, np.nan, dtype=np.float32), 8000, subtype="FLOAT")
+        entry = FeatureCache(cfg["cache_dir"], build_features(cfg)[0]).entry(path)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        entry.write_bytes(b"not a spectrogram")
+
+    out = torchrun(args, tmp_path, timeout=180)
+
+    assert out.count("note: skipped training step 1 of epoch 1") == 1  # rank 0 had a batch; it says why
+    history = pd.read_csv(tmp_path / "runs" / "tiny" / "history.csv")
+    assert history["train/epoch"].tolist() == [1] and history["data/skipped_clips"].tolist() == [2]
+    state = load_checkpoint(tmp_path / "runs" / "tiny" / "last.pt")
+    assert (state["epoch"], state["step"]) == (1, 0)

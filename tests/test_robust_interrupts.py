@@ -148,3 +148,18 @@ def test_swanlab_failing_after_a_good_init_is_reported_once(tmp_path, monkeypatc
     assert out.count("SwanLab log failed (ConnectionError: network hiccup)") == 1
     assert out.count("SwanLab finish failed") == 1
     assert len(pd.read_csv(tmp_path / "runs" / "tiny" / "history.csv")) == 2
+
+
+def test_stop_request_takes_one_ctrl_c_quits_on_the_second_and_restores_the_previous_handler():
+    from experiment.resume import StopRequest
+    previous = signal.getsignal(signal.SIGINT)
+    stop = StopRequest(announce=False).install()
+    try:
+        assert signal.getsignal(signal.SIGINT) != previous and not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) == previous

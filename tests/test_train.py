@@ -16,6 +16,7 @@ import yaml
 import train
 from conftest import GTZAN_MINI, ROOT, make_tree, swanlab_metrics, tiny_overrides
 from experiment.checkpoint import load_checkpoint
+from experiment.config import ConfigError
 from models import build_model
 
 EPOCH_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "train/lr", "train/epoch", "train/epoch_seconds",
@@ -166,3 +167,25 @@ def test_one_epoch_on_gtzan_mini(tmp_path, one_thread):
     assert 0.0 <= summary["summary/val_acc"] <= 100.0
     assert not (tmp_path / "swanlog").exists()  # disabled: SwanLab writes nothing
     assert torch.isfinite(torch.tensor(rows[0]["val/loss"]))
+
+
+# ---------------------------------------------------------------- a last batch of one clip
+def test_a_training_batch_of_one_clip_is_dropped_with_one_note(tmp_path, capsys, one_thread):
+    """12 training clips in batches of 11: the last batch of each epoch holds 1 clip, on which BatchNorm
+    cannot train at 32x32 (1 value per channel after layer4). It is dropped, said once for the run."""
+    root = make_tree(tmp_path / "audio", per_class=6)
+    summary = train.main(tiny_overrides(tmp_path, root, batch_size=11, swanlab_mode="disabled"))
+    out = capsys.readouterr().out
+    assert out.count("fewer than 2 readable clips") == 1
+    assert "note: skipped training step 2 of epoch 1" in out
+    rows = read_history(summary["run_dir"])
+    assert [r["train/epoch"] for r in rows] == [1.0, 2.0]
+    for row in rows:  # top-1 over the 11 clips of the full batch: a whole number of them
+        assert row["train/acc"] * 11 / 100 == pytest.approx(round(row["train/acc"] * 11 / 100), abs=1e-6)
+    assert load_checkpoint(Path(summary["run_dir"]) / "last.pt")["step"] == 0
+
+
+def test_a_batch_size_of_one_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match=r"--batch_size=1: BatchNorm trains on batches of 2 clips or more"):
+        train.main([f"--out_dir={tmp_path}", "--batch_size=1"])
+    assert not list(tmp_path.iterdir())

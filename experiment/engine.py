@@ -1,0 +1,198 @@
+"""What train.py and bench.py both run: the runtime (process group, device, precision, memory format),
+DataLoader settings, model + optimiser + scaler construction, batch preparation on the device, mixup, the
+optimisation step, and the per-step scalars read back every few steps.
+
+One step, as both scripts run it (train.py adds the checks between steps)::
+
+    torch.manual_seed(step_seed(seed, rank, epoch, step))
+    x, y = prepare_batch(x, y, runtime, input_transform)     # device, MelImage, channels_last
+    logits, loss = train_step(model, optimizer, scaler, *mixup(x, y, alpha), runtime)
+    pending.add(step, logits, loss, y)                       # read back every runtime.sync_every steps
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evaluation import autocast
+from experiment import distributed
+from models import build_model
+
+# Clips a training batch needs: BatchNorm in training mode needs more than one value per channel, and a
+# 1-clip batch at small image sizes has exactly one after the last stage (1x1); mixup needs two as well.
+MIN_BATCH_CLIPS = 2
+
+
+@dataclass
+class Runtime:
+    """Where and how this process trains.
+
+    ``dist``: rank, world size and device (:mod:`experiment.distributed`); ``amp_dtype``: the autocast dtype
+    on CUDA (bfloat16, or float16 with loss scaling) or None; ``channels_last``: the memory format of model
+    and inputs.
+    """
+    dist: distributed.Dist
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def sync_every(self) -> int:
+        """Steps between reading the losses back: 10 on CUDA, so the host queues work ahead of the GPU; else 1."""
+        return 10 if self.device.type == "cuda" else 1
+
+
+def setup_runtime(cfg: dict) -> Runtime:
+    """The process group (under torchrun) and this rank's device (``cfg["device"]``), then
+    ``torch.manual_seed(cfg["seed"])``. On CUDA: autocast in bfloat16 where supported, else float16
+    (``cfg["amp"]``), channels_last (``cfg["channels_last"]``) and ``cudnn.benchmark``; none of them elsewhere.
+
+    Raises:
+        RuntimeError: ``cfg["device"]`` names CUDA on a machine without it.
+    """
+    dist = distributed.setup(cfg["device"])
+    torch.manual_seed(cfg["seed"])
+    cuda = dist.device.type == "cuda"
+    amp_dtype = None
+    if cuda and cfg["amp"]:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    return Runtime(dist, amp_dtype, cuda and cfg["channels_last"])
+
+
+def loader_settings(cfg, device: torch.device) -> dict:
+    """DataLoader keyword arguments of every training and evaluation loader (train.py and bench.py).
+
+    ``num_workers=-1`` (auto): 0 on the CPU, where the cached crops cost milliseconds per batch and a worker
+    process would only compete with the model for the cores; up to 8 on an accelerator. Workers persist
+    across epochs; batches are pinned for asynchronous copies on CUDA.
+    """
+    workers = cfg["num_workers"]
+    if workers < 0:
+        workers = 0 if device.type == "cpu" else min(8, torch.multiprocessing.cpu_count() or 1)
+    return dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+
+def build_model_and_optimizer(cfg: dict, num_classes: int, runtime: Runtime, pretrained: bool):
+    """``models.build_model(cfg["arch"], num_classes, pretrained)`` on the device (channels_last when the
+    runtime says so), its optimiser (:func:`make_optimizer`) and a GradScaler, enabled for float16 autocast
+    only. Returns (model, optimizer, scaler).
+
+    Raises:
+        models.PretrainedWeightsError: ``pretrained`` and the weights cannot be downloaded.
+    """
+    model = build_model(cfg["arch"], num_classes, pretrained).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
+    return model, make_optimizer(model, cfg), scaler
+
+
+def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019, decoupled weight decay) over every parameter, at
+    ``cfg["learning_rate"]`` with ``cfg["weight_decay"]`` (0: plain Adam, the tutorial's optimiser)."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
+
+
+def step_seed(*parts: int) -> int:
+    """A 63-bit seed from (seed, rank, epoch, step): every step's randomness is reproducible on resume."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def prepare_batch(x: torch.Tensor, y: torch.Tensor, runtime: Runtime, input_transform: nn.Module | None = None):
+    """A collated batch, ready for the model on the runtime's device.
+
+    Args:
+        x: float32 [B, 1, n_mels, frames] spectrogram crops, or [B, 3, H, W] images when the DataLoader
+            workers made them (``features_on=item``: pass no ``input_transform``); y: long [B] labels.
+        input_transform: the MelImage (augmentation in train mode, normalisation, resize, 3 channels),
+            run without gradients.
+    Returns:
+        (x float [B, 3, H, W] in channels_last when the runtime uses it, y long [B]), on the device.
+    """
+    x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
+    if input_transform is not None:
+        with torch.no_grad():
+            x = input_transform(x)
+    if runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def mixup(x, y, alpha: float):
+    """Mixup (Zhang et al. 2018): ``lam * x + (1 - lam) * x[perm]`` with lam ~ Beta(alpha, alpha).
+    Returns (x, y_a, y_b, lam); identity when ``alpha`` is 0."""
+    if alpha <= 0 or len(y) < 2:
+        return x, y, y, 1.0
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    lam = max(lam, 1 - lam)  # the original label stays dominant, so train/acc stays meaningful
+    perm = torch.randperm(len(y), device=y.device)
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+
+
+def train_step(model, optimizer, scaler, x, y_a, y_b, lam: float, runtime: Runtime):
+    """One optimisation step on a (mixed-up) batch: forward (autocast when the runtime has an AMP dtype),
+    mixup cross-entropy ``lam * CE(y_a) + (1 - lam) * CE(y_b)``, backward, optimizer step through ``scaler``.
+
+    Args: x float [B, 3, H, W] on the device; y_a, y_b long [B]. Returns (logits [B, K], loss scalar), not synced.
+    """
+    with autocast(runtime.device, runtime.amp_dtype):
+        logits = model(x)
+        loss = lam * F.cross_entropy(logits, y_a) + (1 - lam) * F.cross_entropy(logits, y_b)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return logits, loss
+
+
+@dataclass
+class EpochTotals:
+    """Running totals of one rank's training epoch: what train/loss, train/acc, clips/s and
+    data/skipped_clips come from. A mid-epoch checkpoint holds them as a dict (key ``accum``)."""
+    loss_sum: float = 0.0  # sum of the step losses
+    batches: int = 0  # steps trained
+    correct: int = 0  # clips whose top-1 prediction is their (unmixed) label
+    seen: int = 0  # clips trained on
+    skipped: int = 0  # unreadable clips left out of batches
+    seconds: float = 0.0  # wall time of the epoch, evaluation included
+    train_seconds: float = 0.0  # wall time of its training steps
+
+
+class PendingSteps:
+    """Per-step loss and correct count left on the device until :meth:`read` (every ``sync_every`` steps),
+    so that the host does not wait for the device after every step."""
+
+    def __init__(self, sync_every: int):
+        self.sync_every, self.steps = sync_every, []
+
+    def add(self, step: int, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
+        """Queue step ``step``: logits [B, K], loss scalar, labels y long [B] (all on the device)."""
+        self.steps.append((step, loss.detach().float(), (logits.argmax(1) == y).sum(), len(y)))
+
+    def due(self) -> bool:
+        return len(self.steps) >= self.sync_every
+
+    def read(self, totals: EpochTotals) -> int | None:
+        """Add the queued steps to ``totals`` and empty the queue (waits for the device). Returns the first
+        queued step whose loss is not finite, or None."""
+        bad_step = None
+        for step, loss, correct, n in self.steps:
+            loss = loss.item()
+            if not math.isfinite(loss) and bad_step is None:
+                bad_step = step
+            totals.loss_sum += loss
+            totals.batches += 1
+            totals.correct += int(correct)
+            totals.seen += n
+        self.steps = []
+        return bad_step

@@ -1,0 +1,97 @@
+"""Stopping and continuing a run: where it stands (:class:`ResumeState`, what a checkpoint records of the
+loop) and Ctrl-C (:class:`StopRequest`: finish the step, save last.pt, exit; ``--resume`` continues there).
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from dataclasses import asdict, dataclass, field
+
+from experiment.engine import EpochTotals
+
+
+def no_best() -> dict:
+    """The best validation result before any epoch: every real one beats it."""
+    return dict(val_acc=-1.0, val_loss=math.inf, epoch=0)
+
+
+@dataclass
+class ResumeState:
+    """Where a run stands.
+
+    ``epoch``: completed epochs (the 0-based index of the epoch in progress); ``step``: batches done of that
+    epoch (not 0 only after Ctrl-C mid-epoch); ``totals``: its running totals, None until it starts;
+    ``best``: the best validation result so far, dict(val_acc %, val_loss, epoch 1-based).
+    """
+    epoch: int = 0
+    step: int = 0
+    totals: EpochTotals | None = None
+    best: dict = field(default_factory=no_best)
+
+    @classmethod
+    def restore(cls, checkpoint: dict | None) -> ResumeState:
+        """From a checkpoint's ``epoch``, ``step``, ``accum`` (the totals, a dict or None) and ``best``,
+        as every version of train.py wrote them; a fresh run's state without a checkpoint."""
+        if checkpoint is None:
+            return cls()
+        accum = checkpoint["accum"]
+        return cls(checkpoint["epoch"], checkpoint["step"], EpochTotals(**accum) if accum else None,
+                   dict(checkpoint["best"]))
+
+    def epoch_totals(self) -> EpochTotals:
+        """The totals of the epoch in progress: those of an interrupted epoch, else new zeros."""
+        if self.totals is None:
+            self.totals = EpochTotals()
+        return self.totals
+
+    def record_best(self, epoch: int, val_acc: float, val_loss: float) -> bool:
+        """Keep epoch ``epoch`` (1-based) as the best when its top-1 is higher, or equal at a lower loss.
+        Returns whether it is the new best."""
+        improved = (val_acc, -val_loss) > (self.best["val_acc"], -self.best["val_loss"])
+        if improved:
+            self.best = dict(val_acc=val_acc, val_loss=val_loss, epoch=epoch)
+        return improved
+
+    def next_epoch(self) -> None:
+        """The epoch in progress is complete: continue at step 0 of the next one."""
+        self.epoch, self.step, self.totals = self.epoch + 1, 0, None
+
+    def checkpoint_fields(self) -> dict:
+        """This state under a checkpoint's keys ``epoch``, ``step``, ``accum``, ``best``, in plain types
+        (checkpoints load with ``weights_only``)."""
+        return dict(epoch=self.epoch, step=self.step, accum=asdict(self.totals) if self.totals else None,
+                    best=dict(self.best))
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) asks the training loop to stop after the current step; a second Ctrl-C stops at once.
+
+    ``install()`` sets the handler (a no-op outside the main thread, where Python allows none), ``request()``
+    is what it does (also how another rank's request is taken on), ``restore()`` puts the previous
+    handler back. ``announce``: print what happens (rank 0).
+    """
+
+    def __init__(self, announce: bool = True):
+        self.requested, self.announce = False, announce
+        self._previous = None
+
+    def install(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def request(self) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.request()
+        if self.announce:
+            print("\nInterrupt: stopping after this step and saving last.pt (Ctrl-C again to quit now)", flush=True)
