@@ -616,8 +616,8 @@ def checkpoint_state(run: Run, progress: ResumeState) -> dict:
     return dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                 scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(), **progress.checkpoint_fields(),
                 config=cfg, label_names=run.data.label_names, features=run.data.features, history=tracker.history,
-                splits=run.data.track_lists, split_record=run.data.split_record, swanlab_run_id=tracker.run_id, swanlab_project=cfg["swanlab_project"],
-                experiment_name=cfg["experiment_name"])
+                splits=run.data.track_lists, split_record=run.data.split_record, swanlab_run_id=tracker.run_id,
+                swanlab_project=cfg["swanlab_project"], experiment_name=cfg["experiment_name"])
 
 
 def final_report(run: Run, best: dict) -> dict:
