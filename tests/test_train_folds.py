@@ -95,6 +95,8 @@ def test_every_fold_run_writes_its_model_card(cv_run):
     for run_dir in folds:
         card = (run_dir / "README.md").read_text()
         assert f"{100 * report(run_dir)['top1']:.1f}" in card
+        assert f"- Fold {run_dir.name[-1]} of 3-fold cross-validation" in card
+        assert "- Groups from file names matched by" in card and "none in two splits" in card
 
 
 def test_a_rerun_skips_finished_folds_and_resumes_an_unfinished_one(cv_run, tmp_path, capsys):
