@@ -32,11 +32,21 @@ def report(run_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def cv_run(tmp_path_factory, one_thread_module):
-    """``--folds=3`` once: (summary, tmp folder, tree, the three fold folders)."""
+    """``--folds=3`` once: (summary, tmp folder, tree, the three fold folders, the (name, group) of every
+    swanlab.init call)."""
+    import swanlab
     tmp = tmp_path_factory.mktemp("cv")
     root = make_tree(tmp / "audio")
-    summary = train.main(fold_args(tmp, root, experiment_name="cv"))
-    return summary, tmp, root, [tmp / "runs" / "cv" / f"fold{i}" for i in range(3)]
+    init, started = swanlab.init, []
+
+    def recording_init(**kwargs):
+        started.append((kwargs["name"], kwargs.get("group")))
+        return init(**kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(swanlab, "init", recording_init)
+        summary = train.main(fold_args(tmp, root, experiment_name="cv"))
+    return summary, tmp, root, [tmp / "runs" / "cv" / f"fold{i}" for i in range(3)], started
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +59,8 @@ def one_thread_module():
 
 
 def test_three_folds_give_three_runs_and_a_summary_of_their_reports(cv_run):
-    summary, tmp, _, folds = cv_run
+    summary, tmp, _, folds, started = cv_run
+    assert started == [(f"cv-fold{i}", "cv") for i in range(3)]  # one SwanLab experiment per fold, one group
     reports = [report(d) for d in folds]
     assert [r["fold"] for r in reports] == [0, 1, 2] and {r["folds"] for r in reports} == {3}
     saved = json.loads((tmp / "runs" / "cv" / "cv_summary.json").read_text())
@@ -64,7 +75,7 @@ def test_three_folds_give_three_runs_and_a_summary_of_their_reports(cv_run):
 
 
 def test_folds_record_their_groups_with_none_shared_between_parts(cv_run):
-    *_, folds = cv_run
+    _, _, _, folds, _ = cv_run
     for run_dir in folds:
         entry = report(run_dir)
         parts = entry["splits"]
@@ -77,7 +88,7 @@ def test_folds_record_their_groups_with_none_shared_between_parts(cv_run):
 
 
 def test_the_final_report_carries_intervals_to_metrics_json_and_swanlab(cv_run):
-    _, tmp, _, folds = cv_run
+    _, tmp, _, folds, _ = cv_run
     logged = swanlab_metrics(tmp / "swanlog")
     for i, run_dir in enumerate(folds):
         entry = report(run_dir)
@@ -91,7 +102,7 @@ def test_the_final_report_carries_intervals_to_metrics_json_and_swanlab(cv_run):
 
 
 def test_every_fold_run_writes_its_model_card(cv_run):
-    *_, folds = cv_run
+    _, _, _, folds, _ = cv_run
     for run_dir in folds:
         card = (run_dir / "README.md").read_text()
         assert f"{100 * report(run_dir)['top1']:.1f}" in card
@@ -100,7 +111,7 @@ def test_every_fold_run_writes_its_model_card(cv_run):
 
 
 def test_a_rerun_skips_finished_folds_and_resumes_an_unfinished_one(cv_run, tmp_path, capsys):
-    _, tmp, root, _ = cv_run
+    _, tmp, root, _, _ = cv_run
     shutil.copytree(tmp / "runs" / "cv", tmp_path / "runs" / "cv")
     folds = [tmp_path / "runs" / "cv" / f"fold{i}" for i in range(3)]
     (folds[2] / "metrics.json").unlink()  # fold 2 stopped after its last checkpoint, before its report
@@ -114,7 +125,7 @@ def test_a_rerun_skips_finished_folds_and_resumes_an_unfinished_one(cv_run, tmp_
 
 
 def test_one_fold_alone_resumes_and_is_gathered_once_every_fold_exists(cv_run, tmp_path):
-    _, tmp, root, cv_folds = cv_run
+    _, tmp, root, cv_folds, _ = cv_run
     with pytest.raises(ConfigError, match="experiment_name"):
         train.main(fold_args(tmp_path, root, fold=1, experiment_name=""))
     train.main(fold_args(tmp_path, root, fold=1, experiment_name="single", cache_dir=tmp / "cache"))
@@ -123,6 +134,8 @@ def test_one_fold_alone_resumes_and_is_gathered_once_every_fold_exists(cv_run, t
     with pytest.raises(CrossValidationError, match=r"fold\(s\) \[0, 2\] of the 3-fold"):
         cross_validation.main([str(parent)])
 
+    with pytest.raises(ConfigError, match="cannot change \\['fold'\\]"):
+        train.main([f"--resume={parent / 'fold1'}", "--fold=0"])
     resumed = train.main([f"--resume={parent / 'fold1'}", "--num_epochs=2"])
     assert resumed["run_dir"] == str(parent / "fold1")
     assert len((parent / "fold1" / "history.csv").read_text().splitlines()) == 3  # header + epochs 1 and 2
@@ -134,3 +147,10 @@ def test_one_fold_alone_resumes_and_is_gathered_once_every_fold_exists(cv_run, t
     tops = [report(parent / f"fold{i}")["top1"] for i in range(3)]
     assert summary["top1_mean"] == pytest.approx(np.mean(tops))
     assert (parent / "cv_summary.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [(["--folds=1"], "--folds=1"), (["--fold=0"], "--fold=0"),
+                                           (["--folds=3", "--fold=3", "--experiment_name=x"], "--fold=3")])
+def test_fold_settings_that_cannot_work_are_refused_before_anything_runs(args, message):
+    with pytest.raises(ConfigError, match=message):
+        train.read_config(args)
