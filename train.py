@@ -163,14 +163,19 @@ def run_folds(cfg: dict, argv: list[str]) -> dict:
     prints mean ± std. Returns the summary dict and ``run_dir`` (``<out_dir>/<exp>``)."""
     experiment = cfg["experiment_name"] or default_names(cfg, Path())[1]
     parent = Path(cfg["out_dir"]) / experiment
-    for i in range(cfg["folds"]):
-        fold_dir = parent / f"fold{i}"
-        if fold_finished(fold_dir):
-            print(f"fold {i}: finished earlier, report in {fold_dir / 'metrics.json'}")
-        elif (fold_dir / "last.pt").exists():
-            run_training(*read_config([f"--resume={fold_dir}"]))
-        else:
-            run_training(*read_config([*argv, f"--experiment_name={experiment}", f"--fold={i}"]))
+    try:
+        for i in range(cfg["folds"]):
+            fold_dir = parent / f"fold{i}"
+            if fold_finished(fold_dir):
+                print(f"fold {i}: finished earlier, report in {fold_dir / 'metrics.json'}")
+            elif (fold_dir / "last.pt").exists():
+                run_training(*read_config([f"--resume={fold_dir}"]))
+            else:
+                run_training(*read_config([*argv, f"--experiment_name={experiment}", f"--fold={i}"]))
+    except KeyboardInterrupt:
+        again = [a for a in argv if not a.startswith("--experiment_name=")] + [f"--experiment_name={experiment}"]
+        print(f"Or continue all {cfg['folds']} folds: python train.py {' '.join(again)}")
+        raise
     if int(os.environ.get("RANK", "0")):
         return {"run_dir": str(parent)}
     summary = summarize_folds(fold_run_dirs(parent), parent)
