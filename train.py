@@ -12,6 +12,7 @@ Ctrl-C saves last.pt (mid-epoch) and exits 130; --resume continues exactly where
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -31,12 +32,15 @@ from data.dataset import ClipDataset, EpochSampler, TrackDataset, collate_clips,
 from data.demo import make_demo_dataset
 from data.features import build_features, normalisation_stats, window_frames
 from evaluation import predict_tracks, track_loss
-from evaluation.metrics import classification_metrics, close, plot_confusion_matrix, save_report
+from evaluation.cross_validation import fold_finished, fold_run_dirs, format_summary, summarize_folds
+from evaluation.metrics import (BOOTSTRAP_RESAMPLES, classification_metrics, close, interval_text,
+                                plot_confusion_matrix, save_report)
 from experiment import distributed
 from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from experiment.config import ConfigError, format_help, key_comments, parse_config
 from experiment.engine import (MIN_BATCH_CLIPS, PendingSteps, Runtime, build_model_and_optimizer, loader_settings,
                                mixup, prepare_batch, setup_runtime, step_seed, train_step)
+from experiment.model_card import write_model_card
 from experiment.resume import ResumeState, StopRequest
 from experiment.tracking import MODES, Tracker
 from models import PretrainedWeightsError
@@ -51,6 +55,9 @@ CONFIG = dict(
     val_size=0.2,                  # validation fraction (tutorial: of each label; stratified: of all tracks)
     test_size=0.1,                 # test fraction (split=stratified)
     split_seed=42,                 # random_state of the splits (the tutorial's 42)
+    group_pattern="",              # regex on the path, 1st capture group = group (speaker, artist); no group in two splits
+    folds=0,                       # 0: off | K >= 2: K-fold cross-validation (group-, label-stratified) replaces split
+    fold=-1,                       # -1: run the K folds one after another | i: fold i only (with experiment_name)
     # --- features ---
     sample_rate=22050,             # Hz; every file is down-mixed to mono and resampled to it
     n_fft=2048,                    # STFT size, samples
@@ -119,14 +126,16 @@ PRESETS = {
                  hop_length=160, n_mels=64, clip_seconds=2.0, eval_hop_seconds=1.0, resize=64, time_mask=20,
                  freq_mask=8, pretrained=False, batch_size=16, learning_rate=1e-3, num_epochs=6, warmup_epochs=1,
                  lr_step_size=4, swanlab_mode="local"),
-    "fsdd": dict(data_root="../shared/fsdd", csv_path=".cache/fsdd_dataset.csv", sample_rate=8000, n_fft=256,
+    "fsdd": dict(data_root="../shared/fsdd", csv_path=".cache/fsdd_dataset.csv", split="stratified",
+                 group_pattern=r"_([a-z]+)_\d+\.wav$", sample_rate=8000, n_fft=256,
                  hop_length=80, n_mels=64, clip_seconds=1.0, eval_hop_seconds=0.5, resize=64, time_mask=12,
                  freq_mask=8, pretrained=False, batch_size=32, learning_rate=1e-3, num_epochs=8, warmup_epochs=1,
                  lr_step_size=5),
 }
 # Keys that define the data, features and model: a resumed run keeps them.
-LOCKED_ON_RESUME = ("data_root", "csv_path", "split", "val_size", "test_size", "split_seed", "sample_rate", "n_fft",
-                    "hop_length", "n_mels", "f_min", "f_max", "scale", "top_db", "clip_seconds", "resize", "arch")
+LOCKED_ON_RESUME = ("data_root", "csv_path", "split", "val_size", "test_size", "split_seed", "group_pattern", "folds",
+                    "fold", "sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "scale", "top_db",
+                    "clip_seconds", "resize", "arch")
 
 
 class TrainingError(RuntimeError):
@@ -140,7 +149,39 @@ def main(argv: list[str] | None = None) -> dict:
         print(format_help(CONFIG, PRESETS, __doc__, key_comments(Path(__file__).read_text())))
         return {}
     cfg, resumed = read_config(argv)
+    if cfg["folds"] and cfg["fold"] < 0:
+        return run_folds(cfg, argv)
     return run_training(cfg, resumed)
+
+
+def run_folds(cfg: dict, argv: list[str]) -> dict:
+    """K-fold cross-validation (``folds`` = K >= 2, ``fold`` = -1): fold i trains as its own run in
+    ``<out_dir>/<exp>/fold<i>/`` (SwanLab experiment ``<exp>-fold<i>`` in group ``<exp>``), one after another.
+    A fold whose report exists is skipped and one with a last.pt resumes, so running the same command again
+    (same ``--experiment_name``) completes an interrupted cross-validation. Then rank 0 writes the summary
+    (``<out_dir>/<exp>/cv_summary.json``, ``confusion_matrix_cv.png``; see evaluation.cross_validation) and
+    prints mean ± std. Returns the summary dict and ``run_dir`` (``<out_dir>/<exp>``)."""
+    experiment = cfg["experiment_name"] or default_names(cfg, Path())[1]
+    parent = Path(cfg["out_dir"]) / experiment
+    try:
+        for i in range(cfg["folds"]):
+            fold_dir = parent / f"fold{i}"
+            if fold_finished(fold_dir):
+                print(f"fold {i}: finished earlier, report in {fold_dir / 'metrics.json'}")
+            elif (fold_dir / "last.pt").exists():
+                run_training(*read_config([f"--resume={fold_dir}"]))
+            else:
+                run_training(*read_config([*argv, f"--experiment_name={experiment}", f"--fold={i}"]))
+    except KeyboardInterrupt:
+        again = [a for a in argv if not a.startswith("--experiment_name=")] + [f"--experiment_name={experiment}"]
+        print(f"Or continue all {cfg['folds']} folds: python train.py {' '.join(again)}")
+        raise
+    if int(os.environ.get("RANK", "0")):
+        return {"run_dir": str(parent)}
+    summary = summarize_folds(fold_run_dirs(parent), parent)
+    print(f"\n{format_summary(summary)}\nsummary: {parent / 'cv_summary.json'}\n"
+          f"pooled confusion matrix: {summary['png']}")
+    return summary | {"run_dir": str(parent)}
 
 
 def read_config(argv: list[str]) -> tuple[dict, dict | None]:
@@ -156,8 +197,9 @@ def read_config(argv: list[str]) -> tuple[dict, dict | None]:
     if cfg["resume"]:
         path = Path(cfg["resume"])
         resumed = load_checkpoint(path / "last.pt" if path.is_dir() else path)
-        given = parse_config(argv, resumed["config"], {})  # the checkpoint's config + this command's overrides
-        changed = [k for k in LOCKED_ON_RESUME if given[k] != resumed["config"][k]]
+        saved = {**CONFIG, **resumed["config"]}  # keys newer than the checkpoint take today's defaults
+        given = parse_config(argv, saved, {})  # the checkpoint's config + this command's overrides
+        changed = [k for k in LOCKED_ON_RESUME if given[k] != saved[k]]
         if changed:
             raise ConfigError(f"--resume keeps the data, features and model of the run; cannot change {changed}")
         cfg = {**CONFIG, **given, "resume": cfg["resume"]}
@@ -165,10 +207,24 @@ def read_config(argv: list[str]) -> tuple[dict, dict | None]:
         raise ConfigError(f"--swanlab_mode={cfg['swanlab_mode']}: choose one of {', '.join(m or '(empty)' for m in MODES)}")
     if cfg["features_on"] not in ("device", "item"):
         raise ConfigError(f"--features_on={cfg['features_on']}: choose device or item")
+    check_folds(cfg)
     if cfg["batch_size"] < MIN_BATCH_CLIPS:
         raise ConfigError(f"--batch_size={cfg['batch_size']}: BatchNorm trains on batches of {MIN_BATCH_CLIPS} "
                           f"clips or more; use --batch_size={MIN_BATCH_CLIPS} or larger")
     return cfg, resumed
+
+
+def check_folds(cfg: dict) -> None:
+    """Raises ConfigError for folds = 1 or < 0, a fold outside -1..folds-1, a fold without folds, and
+    ``--fold=i`` without ``experiment_name`` (the K separately started folds must share ``<out_dir>/<exp>/``)."""
+    folds, fold = cfg["folds"], cfg["fold"]
+    if folds < 0 or folds == 1:
+        raise ConfigError(f"--folds={folds}: use 0 (no cross-validation) or K >= 2 folds")
+    if not -1 <= fold < max(folds, 1) or (fold >= 0 and not folds):
+        raise ConfigError(f"--fold={fold}: use -1 (all folds) or 0..K-1 together with --folds=K")
+    if fold >= 0 and not cfg["experiment_name"] and not cfg["resume"]:
+        raise ConfigError(f"--fold={fold} runs one fold into <out_dir>/<experiment_name>/fold{fold}/: give "
+                          "--experiment_name=NAME, the same for every fold, so a later command can gather them")
 
 
 def run_training(cfg: dict, resumed: dict | None = None) -> dict:
@@ -223,7 +279,8 @@ def run_training(cfg: dict, resumed: dict | None = None) -> dict:
 @dataclass
 class RunData:
     """The data of a run: class names, splits (DataFrames with path, label, y, entry), the track lists that
-    checkpoints record, LogMel parameters and normalisation (``features``), the input transform (a MelImage
+    checkpoints record, the split record (tracks, groups and class counts per split, PreparedData.split_record)
+    and where the groups came from, LogMel parameters and normalisation (``features``), the input transform (a MelImage
     on the device: crops -> augmented in train mode, normalised, resized 3-channel images) and the loaders."""
     label_names: list[str]
     splits: dict[str, pd.DataFrame]
@@ -234,6 +291,8 @@ class RunData:
     sampler: EpochSampler
     train_loader: DataLoader
     eval_loaders: dict[str, DataLoader]
+    split_record: dict
+    group_source: str
 
 
 def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
@@ -274,7 +333,8 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
             shard = Subset(tracks, range(dist.rank, len(tracks), dist.world_size))
             eval_loaders[name] = DataLoader(shard, batch_size=cfg["batch_size"], collate_fn=collate_tracks, **loader_kw)
     return RunData(prepared.label_names, splits, prepared.track_lists(), len(prepared.unusable),
-                   dict(params=logmel.params(), norm=norm), input_transform, sampler, train_loader, eval_loaders)
+                   dict(params=logmel.params(), norm=norm), input_transform, sampler, train_loader, eval_loaders,
+                   prepared.split_record(), prepared.group_source)
 
 
 def normalisation(cfg: dict, prepared: PreparedData) -> dict:
@@ -332,10 +392,13 @@ def start_tracker(cfg: dict, runtime: Runtime, data: RunData, resumed: dict | No
         run_dir = resume_path if resume_path.is_dir() else resume_path.parent
     else:
         run_dir = Path(cfg["out_dir"]) / experiment
+        if cfg["folds"]:  # one parent folder and one SwanLab group for the K folds
+            run_dir, experiment = run_dir / f"fold{cfg['fold']}", f"{experiment}-fold{cfg['fold']}"
     cfg["swanlab_project"], cfg["experiment_name"] = project, experiment
     tracker = Tracker(run_dir, enabled=runtime.dist.is_main, history=resumed["history"] if resumed else None)
     tracker.start(project, experiment, {**cfg, "environment": environment(runtime, data)}, cfg["swanlab_mode"],
-                  cfg["swanlab_logdir"], run_id=resumed.get("swanlab_run_id") if resumed else None)
+                  cfg["swanlab_logdir"], run_id=resumed.get("swanlab_run_id") if resumed else None,
+                  group=run_dir.parent.name if cfg["folds"] else None)
     if runtime.dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         splits, dist = data.splits, runtime.dist
@@ -494,16 +557,17 @@ def log_example_inputs(tracker: Tracker, images, labels, label_names) -> None:
     close(fig)
 
 
-def evaluate(run: Run, split: str) -> dict:
+def evaluate(run: Run, split: str, resamples: int = 0) -> dict:
     """Track-level metrics of ``split`` over all ranks (a collective): loss, top-1 %, macro-F1 %, the full
-    metrics dict and the skipped tracks. Every rank evaluates with rank 0's BatchNorm statistics."""
+    metrics dict and the skipped tracks. Every rank evaluates with rank 0's BatchNorm statistics.
+    ``resamples`` > 0 adds bootstrap intervals (classification_metrics); the per-epoch validation skips them."""
     dist, runtime = run.runtime.dist, run.runtime
     distributed.broadcast_buffers(run.model, dist)
     out = predict_tracks(run.eval_model, run.data.input_transform, run.data.eval_loaders[split], runtime.device,
                          runtime.amp_dtype, runtime.channels_last)
     parts = distributed.gather((out["logits"], out["labels"], out["indices"], out["skipped"]), dist)
     logits, labels = torch.cat([p[0] for p in parts if len(p[1])]), torch.cat([p[1] for p in parts])
-    m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), run.data.label_names)
+    m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), run.data.label_names, resamples)
     return dict(loss=track_loss(logits, labels), acc=100 * m["top1"], macro_f1=100 * m["macro_f1"], metrics=m,
                 skipped=[s for p in parts for s in p[3]])
 
@@ -551,43 +615,60 @@ def end_of_epoch(run: Run, progress: ResumeState, val: dict, lr: float, started:
 def checkpoint_state(run: Run, progress: ResumeState) -> dict:
     """What a checkpoint (last.pt, best.pt) holds: the module, optimiser, schedule and scaler states; where
     the run stands (epoch, step, accum, best); what rebuilds the model for evaluation and prediction
-    (config, label_names, features); history, splits and the SwanLab run. Plain types only."""
+    (config, label_names, features); history, splits (and ``split_record``: their groups and class counts)
+    and the SwanLab run. Plain types only."""
     cfg, tracker = run.cfg, run.tracker
     return dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                 scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(), **progress.checkpoint_fields(),
                 config=cfg, label_names=run.data.label_names, features=run.data.features, history=tracker.history,
-                splits=run.data.track_lists, swanlab_run_id=tracker.run_id, swanlab_project=cfg["swanlab_project"],
-                experiment_name=cfg["experiment_name"])
+                splits=run.data.track_lists, split_record=run.data.split_record, swanlab_run_id=tracker.run_id,
+                swanlab_project=cfg["swanlab_project"], experiment_name=cfg["experiment_name"])
 
 
 def final_report(run: Run, best: dict) -> dict:
-    """best.pt evaluated on the test split (val when there is none): on rank 0 the report files, the final
-    confusion matrix and summary scalars to SwanLab, the console report. Returns the summary scalars."""
+    """best.pt evaluated on the test split (val when there is none), with 95% bootstrap intervals: on rank 0
+    the report files (metrics.json also records the protocol, the splits with their groups, and the fold), the
+    final confusion matrix and summary scalars to SwanLab, the console report, the model card (README.md).
+    Returns the summary scalars."""
     cfg, dist, run_dir, names = run.cfg, run.runtime.dist, run.run_dir, run.data.label_names
     if (run_dir / "best.pt").exists() or not dist.is_main:
         distributed.barrier(dist)
         run.model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=run.runtime.device)["model"])
     final_split = "test" if "test" in run.data.eval_loaders else "val"
-    final = evaluate(run, final_split)
+    final = evaluate(run, final_split, BOOTSTRAP_RESAMPLES)
     minutes = (sum(r["train/epoch_seconds"] for r in run.tracker.history) / 60) if dist.is_main else 0.0
     protocol = ("held-out test split, checkpoint chosen on val" if final_split == "test" else
                 "val split, also used to choose the checkpoint: optimistic, the tutorial's protocol")
     summary = {"summary/best_val_acc": best["val_acc"], "summary/best_epoch": best["epoch"],
                f"summary/{final_split}_acc": final["acc"], f"summary/{final_split}_macro_f1": final["macro_f1"],
-               "summary/total_minutes": minutes}
+               "summary/total_minutes": minutes, **interval_scalars(final_split, final["metrics"])}
+    folds = {"fold": cfg["fold"], "folds": cfg["folds"]} if cfg["folds"] else {}
     if dist.is_main:
         png, fig = save_report(run_dir, final_split, final["metrics"], names,
                                f"{cfg['experiment_name']}\n{final_split} (best.pt, epoch {best['epoch']}): "
                                f"top-1 {final['acc']:.1f}%, macro-F1 {final['macro_f1']:.1f}%",
-                               extra=dict(protocol=protocol, checkpoint="best.pt", epoch=best["epoch"]))
+                               extra=dict(protocol=protocol, checkpoint="best.pt", epoch=best["epoch"],
+                                          splits=run.data.split_record, group_source=run.data.group_source, **folds))
         run.tracker.log_figure(f"{final_split}/confusion_matrix_final", fig, cfg["num_epochs"], protocol)
         close(fig)
         run.tracker.log(summary, step=cfg["num_epochs"])
         print(f"\n{final['metrics']['report']}")
         print(f"best val top-1 {best['val_acc']:.1f}% at epoch {best['epoch']} (selected on val)")
-        print(f"{final_split} top-1 {final['acc']:.1f}%, macro-F1 {final['macro_f1']:.1f}% ({protocol})")
+        print(f"{final_split} top-1 {final['acc']:.1f}%, macro-F1 {final['macro_f1']:.1f}% ({protocol}); "
+              f"{interval_text(final['metrics'])}")
         print(f"confusion matrix: {png}\nrun folder: {run_dir}  ({minutes:.1f} min)")
+        print(f"model card: {write_model_card(run_dir)}")
     return summary
+
+
+def interval_scalars(split: str, metrics: dict) -> dict:
+    """SwanLab summary scalars of the bootstrap intervals, in %: ``summary/<split>_acc_ci_low`` and ``_high``,
+    ``summary/<split>_macro_f1_ci_low`` and ``_high`` ({} when ``metrics`` has no intervals)."""
+    if not metrics.get("top1_ci"):
+        return {}
+    (a, b), (c, d) = metrics["top1_ci"], metrics["macro_f1_ci"]
+    return {f"summary/{split}_acc_ci_low": 100 * a, f"summary/{split}_acc_ci_high": 100 * b,
+            f"summary/{split}_macro_f1_ci_low": 100 * c, f"summary/{split}_macro_f1_ci_high": 100 * d}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """k-fold cross-validation summary: the K fold runs' test reports -> mean ± std, pooled confusion matrix.
 
-    python -m evaluation.cross_validation runs/<exp>-fold0 runs/<exp>-fold1 ... --out_dir=runs/<exp>-cv
+    python -m evaluation.cross_validation runs/<exp>      # train.py --folds=K: runs/<exp>/fold0 .. fold<K-1>
+    python -m evaluation.cross_validation runs/a runs/b ... --out_dir=runs/cv
 
 Each fold's run folder holds ``metrics.json`` with a ``test`` entry (written by ``save_report`` at the end of
 training, or by ``evaluate.py``). The summary is the mean and the sample standard deviation (ddof=1) of top-1
@@ -40,6 +41,37 @@ def read_fold(run_dir, split: str = "test") -> dict:
         raise CrossValidationError(f"{path} has no '{split}' report: the fold did not finish. Run it again (train.py "
                                    "--fold=i resumes it) before gathering the folds.")
     return entry
+
+
+def fold_finished(run_dir, split: str = "test") -> bool:
+    """Whether ``<run_dir>/metrics.json`` holds a finished ``split`` report."""
+    try:
+        read_fold(run_dir, split)
+    except CrossValidationError:
+        return False
+    return True
+
+
+def fold_run_dirs(parent, split: str = "test") -> list[Path]:
+    """``<parent>/fold0`` .. ``fold<K-1>``: the fold runs train.py ``--folds=K`` writes, K read from their reports.
+
+    Raises:
+        CrossValidationError: no finished fold under ``parent``, or folds not finished (named, with the
+        command that runs or resumes them).
+    """
+    parent = Path(parent)
+    finished = [d for d in sorted(parent.glob("fold*")) if fold_finished(d, split)]
+    if not finished:
+        raise CrossValidationError(f"{parent} holds no finished fold run (fold<i>/metrics.json with a '{split}' "
+                                   "report). Run train.py --folds=K --experiment_name=NAME first.")
+    k = int(read_fold(finished[0], split).get("folds", len(finished)))
+    missing = [i for i in range(k) if not fold_finished(parent / f"fold{i}", split)]
+    if missing:
+        raise CrossValidationError(
+            f"{parent}: fold(s) {missing} of the {k}-fold cross-validation have not finished. Run each with "
+            f"`python train.py --folds={k} --fold=i --experiment_name={parent.name}` (same settings as the other "
+            f"folds; a started fold continues with --resume={parent}/fold<i>), then gather again.")
+    return [parent / f"fold{i}" for i in range(k)]
 
 
 def _check_folds(entries: list[dict], run_dirs: list[Path]) -> None:
@@ -130,12 +162,19 @@ def main(argv: list[str] | None = None) -> dict:
     """Command line: gather fold run folders into ``<out_dir>/cv_summary.json``; prints the summary line."""
     p = argparse.ArgumentParser(prog="python -m evaluation.cross_validation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="+", metavar="FOLD_RUN", help="the fold run folders (one per fold)")
-    p.add_argument("--out_dir", required=True, help="folder for cv_summary.json and confusion_matrix_cv.png")
+    p.add_argument("run_dirs", nargs="+", metavar="FOLD_RUN",
+                   help="the fold run folders (one per fold), or the one folder train.py --folds=K wrote them to")
+    p.add_argument("--out_dir", help="folder for cv_summary.json and confusion_matrix_cv.png (default: that one "
+                                     "folder, when given)")
     p.add_argument("--split", default="test", help="the metrics.json entry to summarise (default: test)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    summary = summarize_folds(args.run_dirs, args.out_dir, args.split)
-    print(f"{format_summary(summary)}\nsummary: {Path(args.out_dir) / 'cv_summary.json'}\n"
+    run_dirs, out_dir = args.run_dirs, args.out_dir
+    if len(run_dirs) == 1 and not (Path(run_dirs[0]) / "metrics.json").exists():
+        run_dirs, out_dir = fold_run_dirs(run_dirs[0], args.split), out_dir or run_dirs[0]
+    if not out_dir:
+        p.error("--out_dir is required when the fold folders are given one by one")
+    summary = summarize_folds(run_dirs, out_dir, args.split)
+    print(f"{format_summary(summary)}\nsummary: {Path(out_dir) / 'cv_summary.json'}\n"
           f"pooled confusion matrix: {summary['png']}")
     return summary
 

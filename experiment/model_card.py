@@ -30,6 +30,9 @@ SPLIT_PROTOCOLS = {
                 "val numbers are optimistic",
     "stratified": "stratified train/val/test split by track (val_size={val_size}, test_size={test_size}, "
                   "random_state={split_seed}); the checkpoint is chosen on val, test is held out",
+    "stratified+groups": "stratified train/val/test split by group (scikit-learn StratifiedGroupKFold, val_size="
+                         "{val_size}, test_size={test_size}, random_state={split_seed}); the checkpoint is chosen on "
+                         "val, test is held out",
     "fault_filtered": "the artist-filtered, fault-filtered GTZAN split of Kereliuk, Sturm & Larsen (2015) "
                       "(443/197/290 tracks); the checkpoint is chosen on val, test is held out",
 }
@@ -143,11 +146,16 @@ def data_section(state: dict, dataset: str) -> list[str]:
     """Markdown lines: dataset, labels, split protocol and tracks per class and split."""
     cfg, names = state["config"], state["label_names"]
     counts = class_counts(state.get("splits"), names)
-    protocol = SPLIT_PROTOCOLS.get(cfg.get("split"), "split={split}, random_state={split_seed}")
+    groups = group_lines(state)
+    protocol = SPLIT_PROTOCOLS.get(f"{cfg.get('split')}{'+groups' if groups else ''}",
+                                   SPLIT_PROTOCOLS.get(cfg.get("split"), "split={split}, random_state={split_seed}"))
     protocol = protocol.format(**{k: cfg.get(k, "?") for k in ("split", "val_size", "test_size", "split_seed")})
     lines = ["## Data", "", f"- Dataset: **{dataset}** (`data_root`: `{cfg.get('data_root') or './GTZAN'}`), "
              f"{len(names)} classes: {', '.join(f'`{n}`' for n in names)}.",
-             f"- Split `{cfg.get('split', '?')}`: {protocol}."]
+             f"- Split `{cfg.get('split', '?')}`: {protocol}." if not cfg.get("folds") else
+             f"- Fold {cfg.get('fold')} of {cfg.get('folds')}-fold cross-validation (group- and label-stratified, "
+             f"random_state={cfg.get('split_seed', '?')}): test is this fold, val comes from the other folds and "
+             "chooses the checkpoint.", *groups]
     if counts:
         splits = list(counts)
         lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
@@ -157,6 +165,19 @@ def data_section(state: dict, dataset: str) -> list[str]:
     else:
         lines.append("- The checkpoint records no track lists (trained before they were saved).")
     return lines + [""]
+
+
+def group_lines(state: dict) -> list[str]:
+    """Markdown line naming the groups (speakers, artists) of each split, when the checkpoint records them."""
+    record = state.get("split_record") or {}
+    if not any(part.get("groups") for part in record.values()):
+        return []
+    pattern = state["config"].get("group_pattern")
+    source = f"file names matched by `{pattern}`" if pattern else "the index's group column"
+    parts = "; ".join(f"{name}: {', '.join(map(str, part['groups'][:8]))}"
+                      + (f" (+{len(part['groups']) - 8} more)" if len(part["groups"]) > 8 else "")
+                      for name, part in record.items())
+    return [f"- Groups from {source}, none in two splits ({parts}), so test measures unseen groups."]
 
 
 def model_section(state: dict) -> list[str]:

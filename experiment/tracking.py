@@ -43,8 +43,9 @@ class Tracker:
                   f"to {self.run_dir / 'history.csv'}")
 
     def start(self, project: str, name: str, config: dict, mode: str = "", log_dir: str = "swanlog",
-              run_id: str | None = None) -> None:
-        """Start (or, with ``run_id``, resume) the SwanLab experiment ``name`` in ``project``.
+              run_id: str | None = None, group: str | None = None) -> None:
+        """Start (or, with ``run_id``, resume) the SwanLab experiment ``name`` in ``project`` (and in the
+        experiment ``group``, e.g. the K folds of one cross-validation, when given).
 
         ``mode`` is one of ``MODES``. When resuming into a mode that cannot append to an existing
         experiment (local, offline), the earlier epochs are logged again so the new experiment is complete.
@@ -59,7 +60,7 @@ class Tracker:
         if os.environ.get("SWANLAB_MODE") == "":
             del os.environ["SWANLAB_MODE"]  # SwanLab validates it even when mode= is given, and rejects ""
         kwargs = dict(project=project, name=name, config=config, log_dir=log_dir,
-                      id=run_id, resume="allow" if run_id else None, reinit=True)
+                      id=run_id, resume="allow" if run_id else None, reinit=True, group=group)
         requested = {"": None, "cloud": "online"}.get(mode, mode)
         try:
             run = swanlab.init(mode=requested, **kwargs)
