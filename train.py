@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from augment import build_augment
-from data import DataError, prepare_data
+from data import DataError, find_data_root, prepare_data
 from data.dataset import ClipDataset, EpochSampler, TrackDataset, collate_clips, collate_tracks
 from data.demo import make_demo_dataset
 from data.features import build_features, normalisation_for, window_frames
@@ -42,7 +42,7 @@ from experiment.engine import (MIN_BATCH_CLIPS, PendingSteps, Runtime, backward,
 from experiment.resume import ResumeState, StopRequest
 from experiment.tracking import MODES, Tracker
 from experiment.schedules import get_schedule
-from models import PretrainedWeightsError, backbone_record, resolve_frontend
+from models import PretrainedWeightsError, backbone_record, build_model, resolve_frontend
 
 
 CONFIG = dict(
@@ -268,6 +268,16 @@ def run_training(cfg: dict, resumed: dict | None = None) -> dict:
     return summary | {"run_dir": str(run_dir)}
 
 
+def fetch_weights(cfg: dict) -> None:
+    """Download (or read) the pretrained weights before the spectrograms are computed, so that offline a run fails
+    at once with the weights message instead of after minutes of features. Costs one extra model build.
+
+    Raises:
+        PretrainedWeightsError: the weights cannot be downloaded or read (the message says where to put them).
+    """
+    build_model(cfg["arch"], 2, pretrained=True, weights=cfg["weights"] or None)
+
+
 @dataclass
 class RunData:
     """The data of a run: class names, splits (DataFrames with path, label, y, entry), the track lists that
@@ -295,8 +305,11 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     """
     dist, main_rank = runtime.dist, runtime.dist.is_main
     loader_kw = loader_settings(cfg, runtime.device)
-    if cfg["preset"] == "demo" and main_rank:
+    if "demo" in cfg["preset"].split(",") and main_rank:
         make_demo_dataset(cfg["data_root"])
+    if cfg["pretrained"] and not resumed and main_rank:
+        find_data_root(cfg["data_root"])  # a missing dataset is reported first
+        fetch_weights(cfg)
     frontend, _ = build_features(cfg)
     if main_rank:
         print(f"front end ({cfg['arch']}): {describe_frontend(cfg)}", flush=True)
@@ -399,7 +412,8 @@ def default_names(cfg, data_root: Path) -> tuple[str, str]:
     """(SwanLab project, experiment name) when the config leaves them empty."""
     dataset = data_root.parent.name if data_root.name in ("genres_original", "genres") else data_root.name
     tag = f"-{cfg['preset']}" if cfg["preset"] and cfg["preset"] != cfg["arch"] else ""
-    name = f"{cfg['arch']}-{cfg['resize']}px-lr{cfg['learning_rate']:g}{tag}-{datetime.now():%m%d-%H%M%S}"
+    size = f"-{cfg['resize']}px" if cfg["input_layout"] == "image" else ""
+    name = f"{cfg['arch']}{size}-lr{cfg['learning_rate']:g}{tag}-{datetime.now():%m%d-%H%M%S}"
     return cfg["swanlab_project"] or f"{dataset}-classification", cfg["experiment_name"] or name
 
 
