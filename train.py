@@ -1,10 +1,19 @@
-"""Train an ImageNet ResNet/ResNeXt on log-mel spectrogram images of labelled audio (GTZAN by default).
+"""Train a classifier of labelled audio (GTZAN by default): an ImageNet ResNet/ResNeXt on log-mel images, or an
+audio-pretrained backbone (PANNs CNN14, AST, wav2vec2 / HuBERT / DistilHuBERT) on the input it was pretrained on.
 
     python train.py                                  # ./GTZAN (Kaggle genres_original/ or marsyas genres/)
     python train.py --preset=demo                    # built-in synthetic audio, offline, about a minute on a CPU
+    python train.py --arch=cnn14                     # the backbone sets its front end (32 kHz PANNs log-mel)
+    python train.py --preset=demo,distilhubert       # demo's data with DistilHuBERT's published recipe
     python train.py --data_root=my_audio --arch=resnet50 --resize=320 --learning_rate=3e-4
     python train.py --resume=runs/<run>              # continue from runs/<run>/last.pt
     torchrun --nproc_per_node=4 train.py             # DistributedDataParallel, one process per GPU
+
+Presets: data presets (demo, fsdd) and the tutorial's runs (resnet18, resnext101_32x8d) set data and recipe;
+the recipe presets of the audio backbones (cnn14, ast, distilhubert) set only model, optimisation and
+augmentation keys, so --preset=DATA,RECIPE combines them (applied in order, a later one wins). A backbone with
+a pretrained front end (see models/registry.py) sets the feature keys over any preset; setting one of them
+on the command line to another value is an error.
 
 Every epoch goes to SwanLab and to runs/<run>/history.csv; best.pt and last.pt are written atomically.
 Ctrl-C saves last.pt (mid-epoch) and exits 130; --resume continues exactly where the run stopped.
@@ -120,7 +129,7 @@ CONFIG = dict(
     swanlab_mode="",               # empty: SwanLab's own (cloud if logged in) | cloud | local | offline | disabled
     swanlab_logdir="swanlog",      # where local/offline runs are written
     confusion_every=5,             # log the validation confusion matrix every N epochs (and at the end); 0: end only
-    preset="",                     # set by --preset=NAME
+    preset="",                     # set by --preset=NAME or --preset=DATA,RECIPE (applied in order)
 )
 
 # The tutorial's two runs (DESIGN: SwanLab audio-classification tutorial) and two small offline presets.
