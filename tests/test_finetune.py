@@ -11,6 +11,8 @@ import dataclasses
 import functools
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -37,14 +39,15 @@ _WAVEFORM = dict(_TRANSFORMER, conv_dim=(16, 16), conv_stride=(5, 4), conv_kerne
 
 
 class Flat(nn.Module):
-    """A BatchNorm-free image classifier (flatten + linear head ``fc``): micro-batches are independent."""
+    """A BatchNorm-free image classifier (flatten, a linear body, the linear head ``fc``): micro-batches are
+    independent."""
 
     def __init__(self, num_classes: int):
         super().__init__()
-        self.fc = nn.Linear(3 * 8 * 8, num_classes)
+        self.body, self.fc = nn.Linear(3 * 8 * 8, 16), nn.Linear(16, num_classes)
 
     def forward(self, x):
-        return self.fc(x.flatten(1))
+        return self.fc(torch.tanh(self.body(x.flatten(1))))
 
 
 def _flat_builder(entry, num_classes, pretrained, weights=None, record=None, **overrides):
@@ -198,6 +201,37 @@ def test_the_training_loop_accumulates_as_one_big_batch_and_steps_the_cosine_sch
         torch.testing.assert_close(states["micro"]["model"][key], value, atol=1e-5, rtol=0)
     assert states["micro"]["scheduler"]["last_epoch"] == states["big"]["scheduler"]["last_epoch"] == 2
     assert states["micro"]["optimizer"]["state"][0]["step"] == 2  # one optimiser step per group of 3 micro-batches
+
+
+def test_an_interrupt_under_accumulation_lands_on_an_optimiser_step_and_resumes_exactly(tmp_path, monkeypatch):
+    root = make_tree(tmp_path / "audio", classes=("chirp", "tone"), per_class=5)  # 4 micro-batches of 2 per epoch
+    common = dict(augment=False, grad_accum_steps=2, lr_schedule="cosine", warmup_ratio=0.25, head_lr_multiplier=10.0,
+                  num_epochs=2, **{**IMAGE, "resize": 8})
+    train.main(run_args(tmp_path / "whole", root, "flat_tiny", **common))
+    real_step_seed = train.step_seed
+
+    def interrupt(seed, rank, epoch, step):
+        if (epoch, step) == (1, 0):  # Ctrl-C during the first micro-batch of an optimiser step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step_seed(seed, rank, epoch, step)
+
+    monkeypatch.setattr(train, "step_seed", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(run_args(tmp_path / "parts", root, "flat_tiny", **common))
+    monkeypatch.setattr(train, "step_seed", real_step_seed)
+    run = tmp_path / "parts" / "runs" / "flat_tiny"
+    state = load_checkpoint(run / "last.pt")
+    assert (state["epoch"], state["step"], state["scheduler"]["last_epoch"]) == (1, 2, 3)  # the group finished
+    train.main([f"--resume={run}"])
+    whole = load_checkpoint(tmp_path / "whole" / "runs" / "flat_tiny" / "last.pt")
+    resumed = load_checkpoint(run / "last.pt")
+    for key, value in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, atol=1e-6, rtol=0)
+    groups = resumed["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == ["body", "head"] and resumed["scheduler"]["last_epoch"] == 4
+    assert (groups[0]["initial_lr"], groups[1]["initial_lr"]) == pytest.approx((1e-3, 1e-2))
+    # after 3 of 4 optimiser steps (1 of warmup): cosine factor 0.5 * (1 + cos(pi * 2 / 3)) = 0.25 on both groups
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx([2.5e-4, 2.5e-3])
 
 
 def test_cosine_schedule_matches_its_formula_and_transformers():
