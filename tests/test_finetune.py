@@ -290,3 +290,14 @@ def test_a_pretrained_front_end_applies_under_a_preset_and_an_explicit_conflict_
         train.main(["--arch=cnn14", "--sample_rate=22050", f"--out_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="--lr_schedule=linear: choose one of step, cosine"):
         train.read_config(["--lr_schedule=linear"])
+
+
+def test_bench_prints_one_line_per_backbone_at_its_own_input(tmp_path, capsys):
+    import bench
+    root = make_tree(tmp_path / "audio", classes=("chirp", "tone"), per_class=3)
+    rates = bench.main([f"--data_root={root}", f"--cache_dir={tmp_path / 'cache'}", "--backbones=cnn14_tiny,flat_tiny",
+                        "--batch_size=2", "--steps=1", "--rounds=1", "--warmup=0", "--resize=8"])
+    assert list(rates) == ["cnn14_tiny", "flat_tiny"] and all(b > 0 and c > 0 for b, c in rates.values())
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("cnn14_tiny") and "1x64x1001" in line for line in lines)  # 10 s at 32 kHz, hop 320
+    assert any(line.startswith("flat_tiny") and "3x8x8" in line for line in lines)
