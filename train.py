@@ -290,7 +290,7 @@ def fetch_weights(cfg: dict) -> None:
 @dataclass
 class RunData:
     """The data of a run: class names, splits (DataFrames with path, label, y, entry), the track lists that
-    checkpoints record, LogMel parameters and normalisation (``features``), the input transform (a MelImage
+    checkpoints record, front-end parameters and normalisation (``features``), the input transform (e.g. a MelImage
     on the device: crops -> augmented in train mode, normalised, resized 3-channel images) and the loaders."""
     label_names: list[str]
     splits: dict[str, pd.DataFrame]
