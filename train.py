@@ -697,8 +697,8 @@ def stalled(history: list[dict], patience: int, min_delta: float) -> str | None:
     last = int(history[-1]["train/epoch"]) if history else 0
     if last - best_epoch < patience:
         return None
-    return (f"val top-1 has not improved by more than {min_delta:g} points for {last - best_epoch} epochs "
-            f"(best {best:.1f}% at epoch {best_epoch}, early_stopping_patience={patience})")
+    return (f"val top-1 has not improved by more than {min_delta:g} points for {last - best_epoch} epoch(s) "
+            f"(last improvement: {best:.1f}% at epoch {best_epoch}; early_stopping_patience={patience})")
 
 
 def final_report(run: Run, best: dict) -> dict:

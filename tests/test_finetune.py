@@ -260,7 +260,7 @@ def test_stalled_reads_the_history():
     rows = [{"train/epoch": e + 1, "val/acc": a} for e, a in enumerate([50.0, 60.0, 60.4, 60.3])]
     assert train.stalled(rows[:3], patience=2, min_delta=0.5) is None
     reason = train.stalled(rows, patience=2, min_delta=0.5)
-    assert "best 60.0% at epoch 2" in reason and "for 2 epochs" in reason
+    assert "last improvement: 60.0% at epoch 2" in reason and "for 2 epoch(s)" in reason
     assert train.stalled(rows, patience=2, min_delta=0.0) is None  # 60.4 counts without a min_delta
 
 
@@ -269,7 +269,7 @@ def test_early_stopping_stops_at_the_right_epoch_and_reports_the_best_checkpoint
     summary = train.main(run_args(tmp_path, root, "flat_tiny", num_epochs=6, early_stopping_patience=2,
                                   early_stopping_min_delta=100.0, **{**IMAGE, "resize": 8}))
     out = capsys.readouterr().out
-    assert "early stopping after epoch 3: val top-1 has not improved by more than 100 points for 2 epochs" in out
+    assert "early stopping after epoch 3: val top-1 has not improved by more than 100 points for 2 epoch(s)" in out
     state = load_checkpoint(tmp_path / "runs" / "flat_tiny" / "last.pt")
     assert state["epoch"] == 3 and [int(r["train/epoch"]) for r in state["history"]] == [1, 2, 3]
     best = load_checkpoint(tmp_path / "runs" / "flat_tiny" / "best.pt")
