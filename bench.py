@@ -3,6 +3,7 @@
     python bench.py                                   # resnet18, 224 px, batch 16, on the GPU if there is one
     python bench.py --device=cuda --batch_size=64 --num_workers=8
     python bench.py --arch=resnext101_32x8d --resize=512 --steps=24
+    python bench.py --backbones=all --batch_size=2 --steps=2 --rounds=1   # one line per backbone: (b) and (c)
 
 Data: --data_root, else ../shared/gtzan-mini/genres_original when it exists, else synthetic 30 s tracks at
 22050 Hz written once under <cache_dir>/bench-audio. Features, augmentation and loader settings are train.py's
@@ -34,6 +35,10 @@ ran. A rate is the clips of all timed blocks over their time; the ratios come wi
 the rounds (on 2 CPU cores about +-0.03 for the step efficiency at the default --steps: raise --steps to
 narrow it). Our loader draws from a stream of epochs: every batch is full.
 
+--backbones=all (or a comma list of --arch names) measures instead, for each backbone at its own input (the
+front end and window its registry entry sets, train.py's defaults otherwise), only (b) and (c), and prints one
+line per backbone: input shape, model-only and full-step clips/s, and their ratio.
+
 The last line is machine-readable:  summary: data_speedup=<ours/tutorial, both without augmentation>x step_efficiency=<c/b> device=<type>
 """
 from __future__ import annotations
@@ -58,8 +63,9 @@ from data import prepare_data
 from data.audio import sf_path
 from data.dataset import ClipDataset, EpochSampler, collate_clips
 from data.demo import make_demo_dataset
-from data.features import build_features, normalisation_stats, window_frames
+from data.features import build_features, normalisation_for, window_frames
 from experiment.config import literal_config
+from models import BACKBONES, resolve_frontend
 from experiment.engine import (EpochTotals, PendingSteps, Runtime, build_model_and_optimizer, loader_settings, mixup,
                                prepare_batch, setup_runtime, step_seed, train_step)
 
@@ -212,6 +218,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_root", default="", help="folder of <label>/<audio>; default gtzan-mini or synthetic")
     p.add_argument("--arch", default="resnet18")
+    p.add_argument("--backbones", default="", help="all, or a comma list of --arch names: (b) and (c) per backbone")
     p.add_argument("--resize", type=int, default=224, help="image side, pixels")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--steps", type=int, default=24, help="timed training steps of (b) and of (c), over all rounds")
@@ -235,15 +242,18 @@ def bench_config(args) -> dict:
         else:
             data_root = str(make_demo_dataset(Path(args.cache_dir) / "bench-audio", clips_per_class=10,
                                               sample_rate=22050, seconds=30.0))
-    return dict(literal_config((ROOT / "train.py").read_text()), data_root=data_root,
-                csv_path=str(Path(args.cache_dir) / "bench_index.csv"), cache_dir=args.cache_dir, arch=args.arch,
-                resize=args.resize, batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
-                pretrained=False)
+    cfg = dict(literal_config((ROOT / "train.py").read_text()), data_root=data_root,
+               csv_path=str(Path(args.cache_dir) / "bench_index.csv"), cache_dir=args.cache_dir, arch=args.arch,
+               resize=args.resize, batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
+               pretrained=False)
+    return resolve_frontend(cfg)
 
 
 def main(argv=None) -> dict:
     """Run the benchmark and print the table. Returns {measurement: clips/s, data_speedup, step_efficiency}."""
     args = parse_args(argv)
+    if args.backbones:
+        return bench_backbones(args)
     started = time.perf_counter()
     cfg = bench_config(args)
     runtime = setup_runtime(cfg)
@@ -259,13 +269,45 @@ def main(argv=None) -> dict:
     return print_results(meters, cfg["batch_size"], args.rounds, runtime.device, started)
 
 
+def bench_backbones(args) -> dict:
+    """One line per backbone of ``args.backbones``: (b) model-only and (c) full step at the backbone's own input
+    (its front end and window), alternated over ``args.rounds`` as in the main table. Returns {arch: (b, c)}."""
+    names = list(BACKBONES) if args.backbones == "all" else args.backbones.split(",")
+    results = {}
+    print(f"{'backbone':18s}{'input':>22s}{'(b) model clips/s':>19s}{'(c) full clips/s':>18s}{'c/b':>7s}", flush=True)
+    for arch in names:
+        args.arch = arch
+        cfg = bench_config(args)
+        runtime = setup_runtime(cfg)
+        loader_kw = loader_settings(cfg, runtime.device)
+        data = load_bench_data(cfg, runtime.device)
+        meters = {name: Meter(runtime.device) for name in ("model", "full")}
+        batch = fixed_batch(OurBatches(data.dataset, cfg, loader_kw), cfg, runtime, data.input_transform)
+        steps = args.steps // args.rounds
+        blocks = [functools.partial(model_block, Trainer(cfg, data.num_classes, runtime), batch, meters["model"],
+                                    args.warmup, steps),
+                  functools.partial(full_block, Trainer(cfg, data.num_classes, runtime),
+                                    OurBatches(data.dataset, cfg, loader_kw), data.input_transform, cfg, runtime,
+                                    meters["full"], args.warmup, steps)]
+        for r in range(args.rounds):
+            for block in (blocks if r % 2 == 0 else blocks[::-1]):
+                block()
+        b, c = meters["model"].rate, meters["full"].rate
+        shape = "x".join(map(str, batch[0].shape[1:]))
+        print(f"{arch:18s}{shape:>22s}{b:19.2f}{c:18.2f}{c / b:7.2f}  ({runtime.device.type}, batch "
+              f"{cfg['batch_size']})", flush=True)
+        results[arch] = (b, c)
+    return results
+
+
 def load_bench_data(cfg: dict, device: torch.device) -> BenchData:
     """The training split of ``cfg["data_root"]`` with every spectrogram cached, normalised on itself."""
     logmel, _ = build_features(cfg)
     data = prepare_data(cfg, logmel, num_workers=torch.multiprocessing.cpu_count() or 1, show_progress=False)
     part = data.splits["train"]
     paths, labels, entries = list(part.path), [int(y) for y in part.y], list(part.entry)
-    mean, std = normalisation_stats(data.cache.get(p, e) for p, e in zip(paths, entries))
+    norm = normalisation_for(cfg, (data.cache.get(p, e) for p, e in zip(paths, entries)), logmel)
+    mean, std = norm["mean"], norm["std"]
     _, augmented = build_features(cfg, mean, std, build_augment(cfg))
     _, plain = build_features(cfg, mean, std)
     clip_frames, _ = window_frames(cfg, logmel)

@@ -1,17 +1,28 @@
-"""Train an ImageNet ResNet/ResNeXt on log-mel spectrogram images of labelled audio (GTZAN by default).
+"""Train a classifier of labelled audio (GTZAN by default): an ImageNet ResNet/ResNeXt on log-mel images, or an
+audio-pretrained backbone (PANNs CNN14, AST, wav2vec2 / HuBERT / DistilHuBERT) on the input it was pretrained on.
 
     python train.py                                  # ./GTZAN (Kaggle genres_original/ or marsyas genres/)
     python train.py --preset=demo                    # built-in synthetic audio, offline, about a minute on a CPU
+    python train.py --arch=cnn14                     # the backbone sets its front end (32 kHz PANNs log-mel)
+    python train.py --preset=demo,distilhubert       # demo's data with DistilHuBERT's published recipe
     python train.py --data_root=my_audio --arch=resnet50 --resize=320 --learning_rate=3e-4
     python train.py --resume=runs/<run>              # continue from runs/<run>/last.pt
     torchrun --nproc_per_node=4 train.py             # DistributedDataParallel, one process per GPU
+
+Presets: data presets (demo, fsdd) and the tutorial's runs (resnet18, resnext101_32x8d) set data and recipe;
+the recipe presets of the audio backbones (cnn14, ast, distilhubert) set only model, optimisation and
+augmentation keys, so --preset=DATA,RECIPE combines them (applied in order, a later one wins). A backbone with
+a pretrained front end (see models/registry.py) sets the feature keys over any preset; setting one of them
+on the command line to another value is an error.
 
 Every epoch goes to SwanLab and to runs/<run>/history.csv; best.pt and last.pt are written atomically.
 Ctrl-C saves last.pt (mid-epoch) and exits 130; --resume continues exactly where the run stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import os
 import sys
 import time
@@ -27,23 +38,24 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from augment import build_augment
-from data import DataError, PreparedData, prepare_data
+from data import DataError, find_data_root, prepare_data
 from data.dataset import ClipDataset, EpochSampler, TrackDataset, collate_clips, collate_tracks
 from data.demo import make_demo_dataset
-from data.features import build_features, normalisation_stats, window_frames
+from data.features import build_features, normalisation_for, window_frames
 from evaluation import predict_tracks, track_loss
 from evaluation.cross_validation import fold_finished, fold_run_dirs, format_summary, summarize_folds
 from evaluation.metrics import (BOOTSTRAP_RESAMPLES, classification_metrics, close, interval_text,
                                 plot_confusion_matrix, save_report)
 from experiment import distributed
 from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from experiment.config import ConfigError, format_help, key_comments, parse_config
-from experiment.engine import (MIN_BATCH_CLIPS, PendingSteps, Runtime, build_model_and_optimizer, loader_settings,
-                               mixup, prepare_batch, setup_runtime, step_seed, train_step)
+from experiment.config import ConfigError, explicit_keys, format_help, key_comments, parse_config
+from experiment.engine import (MIN_BATCH_CLIPS, PendingSteps, Runtime, backward, build_model_and_optimizer,
+                               loader_settings, mixup, optimizer_step, prepare_batch, setup_runtime, step_seed)
 from experiment.model_card import write_model_card
 from experiment.resume import ResumeState, StopRequest
 from experiment.tracking import MODES, Tracker
-from models import PretrainedWeightsError
+from experiment.schedules import get_schedule
+from models import PretrainedWeightsError, backbone_record, build_model, resolve_frontend
 
 
 CONFIG = dict(
@@ -71,6 +83,11 @@ CONFIG = dict(
     eval_hop_seconds=5.0,          # hop between evaluation windows, seconds; logits are averaged over the track
     resize=224,                    # side of the square image fed to the CNN, pixels
     features_on="device",          # device: images + augmentation built per batch on the training device | item: per item on CPU workers
+    frontend="logmel",             # logmel | panns_logmel | kaldi_fbank | waveform; a pretrained --arch sets its own
+    input_layout="image",          # image: 3-channel resize x resize (ImageNet CNNs) | spectrogram | waveform; set by --arch
+    normalization="auto",          # auto (train stats for dB log-mel, none for power) | train | fixed | none | per_clip
+    norm_mean=0.0,                 # mean subtracted with normalization=fixed (AST: -4.2677393)
+    norm_std=1.0,                  # std divided by with normalization=fixed (AST: 9.1379948)
     # --- augmentation (training only) ---
     augment=True,                  # SpecAugment masks, noise and gain
     time_mask=40,                  # widest time mask, frames
@@ -85,15 +102,24 @@ CONFIG = dict(
     mixup_alpha=0.2,               # mixup Beta(alpha, alpha) on images and labels; 0 disables
     # --- model ---
     arch="resnet18",               # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d
-    pretrained=True,               # start from ImageNet weights (downloaded once by torchvision)
+    pretrained=True,               # start from the published weights (ImageNet, AudioSet...; downloaded once)
+    weights="",                    # local weights file (ImageNet, CNN14) or Hugging Face folder; empty: download
+    freeze_backbone=False,         # train only the new head (a linear probe; BatchNorm statistics kept)
+    freeze_feature_encoder=False,  # wav2vec2 family: keep the convolutional feature encoder fixed
     # --- optimisation ---
-    batch_size=16,                 # clips per step (per GPU under torchrun)
-    learning_rate=1e-4,            # peak learning rate (AdamW)
+    batch_size=16,                 # clips per micro-batch (per GPU under torchrun)
+    grad_accum_steps=1,            # micro-batches per optimiser step (effective batch = batch_size x this)
+    learning_rate=1e-4,            # peak learning rate (AdamW) of the pretrained body
+    head_lr_multiplier=1.0,        # the new head's learning rate = learning_rate x this
     weight_decay=0.01,             # AdamW decoupled weight decay (0: plain Adam, as in the tutorial)
     num_epochs=30,                 # epochs
     warmup_epochs=5,               # linear warmup: lr * (epoch + 1) / warmup_epochs for the first epochs
     lr_step_size=10,               # then StepLR: multiply by lr_gamma every lr_step_size epochs (0: constant)
     lr_gamma=0.1,                  # StepLR decay factor
+    lr_schedule="step",            # step: warmup_epochs + StepLR per epoch | cosine: warmup_ratio, then cosine to 0 per step
+    warmup_ratio=0.1,              # lr_schedule=cosine: fraction of the optimiser steps in linear warmup
+    early_stopping_patience=0,     # stop after this many epochs without val top-1 improving (0: off)
+    early_stopping_min_delta=0.0,  # improvement that counts, val top-1 percentage points
     # --- system ---
     device="auto",                 # auto: cuda, else mps, else cpu; or e.g. cpu, cuda:1
     num_workers=-1,                # DataLoader workers; -1: auto (0 on CPU, up to 8 on a GPU machine)
@@ -110,7 +136,7 @@ CONFIG = dict(
     swanlab_mode="",               # empty: SwanLab's own (cloud if logged in) | cloud | local | offline | disabled
     swanlab_logdir="swanlog",      # where local/offline runs are written
     confusion_every=5,             # log the validation confusion matrix every N epochs (and at the end); 0: end only
-    preset="",                     # set by --preset=NAME
+    preset="",                     # set by --preset=NAME or --preset=DATA,RECIPE (applied in order)
 )
 
 # The tutorial's two runs (DESIGN: SwanLab audio-classification tutorial) and two small offline presets.
@@ -131,11 +157,32 @@ PRESETS = {
                  hop_length=80, n_mels=64, clip_seconds=1.0, eval_hop_seconds=0.5, resize=64, time_mask=12,
                  freq_mask=8, pretrained=False, batch_size=32, learning_rate=1e-3, num_epochs=8, warmup_epochs=1,
                  lr_step_size=5),
+    # Fine-tuning recipes of the audio-pretrained backbones. They set only the model, optimisation and
+    # augmentation keys (the backbone sets its own front end), so they combine with a data preset:
+    # --preset=demo,cnn14 (the presets apply in order). --preset=demo --arch=cnn14 is CNN14 with demo's recipe.
+    # qiuqiangkong/panns_transfer_to_gtzan (main.py, runme.sh): Adam lr 1e-4 (no weight decay, constant lr),
+    # batch 32, mixup alpha 1.0; SpecAugmentation in audioset_tagging_cnn models.py: 2 time stripes of width
+    # 64 frames, 2 frequency stripes of width 8 bins, no noise or gain.
+    "cnn14": dict(arch="cnn14", learning_rate=1e-4, weight_decay=0.0, batch_size=32, mixup_alpha=1.0,
+                  warmup_epochs=0, lr_step_size=0, lr_schedule="step", augment=True, time_mask=64, freq_mask=8,
+                  noise_p=0.0, gain_p=0.0),
+    # YuanGongND/ast egs/esc50/run-esc.sh (lr 1e-5, mixup 0, freqm 24, timem 96) and its issue #62 (GTZAN-size
+    # fine-tuning); masks only: RandomGain's dB step does not suit Kaldi's natural-log fbank values.
+    "ast": dict(arch="ast", learning_rate=1e-5, mixup_alpha=0.0, augment=True, freq_mask=24, time_mask=96,
+                noise_p=0.0, gain_p=0.0),
+    # Hugging Face audio course, chapter 4 (fine-tuning DistilHuBERT on GTZAN): TrainingArguments with
+    # learning_rate 5e-5, per-device batch 8, 10 epochs, warmup_ratio 0.1
+    # (the course keeps the Trainer's default linear decay; this preset uses the cosine schedule planned for it in
+    # issue 11), no weight decay (the Trainer's default), no mixup.
+    "distilhubert": dict(arch="distilhubert", learning_rate=5e-5, batch_size=8, num_epochs=10, lr_schedule="cosine",
+                         warmup_ratio=0.1, weight_decay=0.0, mixup_alpha=0.0),
 }
 # Keys that define the data, features and model: a resumed run keeps them.
 LOCKED_ON_RESUME = ("data_root", "csv_path", "split", "val_size", "test_size", "split_seed", "group_pattern", "folds",
                     "fold", "sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "scale", "top_db",
-                    "clip_seconds", "resize", "arch")
+                    "clip_seconds", "resize", "arch", "frontend", "input_layout", "normalization", "norm_mean",
+                    "norm_std", "freeze_backbone", "freeze_feature_encoder", "head_lr_multiplier", "grad_accum_steps",
+                    "lr_schedule", "warmup_ratio")
 
 
 class TrainingError(RuntimeError):
@@ -202,12 +249,17 @@ def read_config(argv: list[str]) -> tuple[dict, dict | None]:
         changed = [k for k in LOCKED_ON_RESUME if given[k] != saved[k]]
         if changed:
             raise ConfigError(f"--resume keeps the data, features and model of the run; cannot change {changed}")
-        cfg = {**CONFIG, **given, "resume": cfg["resume"]}
+        cfg = {**given, "resume": cfg["resume"]}
+    else:
+        cfg = resolve_frontend(cfg, explicit_keys(argv))
     if cfg["swanlab_mode"] not in MODES:
         raise ConfigError(f"--swanlab_mode={cfg['swanlab_mode']}: choose one of {', '.join(m or '(empty)' for m in MODES)}")
     if cfg["features_on"] not in ("device", "item"):
         raise ConfigError(f"--features_on={cfg['features_on']}: choose device or item")
     check_folds(cfg)
+    get_schedule(cfg["lr_schedule"])
+    if cfg["grad_accum_steps"] < 1:
+        raise ConfigError(f"--grad_accum_steps={cfg['grad_accum_steps']}: use 1 (no accumulation) or more")
     if cfg["batch_size"] < MIN_BATCH_CLIPS:
         raise ConfigError(f"--batch_size={cfg['batch_size']}: BatchNorm trains on batches of {MIN_BATCH_CLIPS} "
                           f"clips or more; use --batch_size={MIN_BATCH_CLIPS} or larger")
@@ -234,7 +286,8 @@ def run_training(cfg: dict, resumed: dict | None = None) -> dict:
     cfg = dict(cfg)  # the stages fill in the resolved data paths and the SwanLab names
     runtime = setup_runtime(cfg)
     data = load_data(cfg, runtime, resumed)
-    model, optimizer, scheduler, scaler = build_optimisation(cfg, runtime, len(data.label_names), resumed)
+    model, optimizer, scheduler, scaler = build_optimisation(cfg, runtime, len(data.label_names),
+                                                             optimizer_steps(len(data.train_loader), cfg), resumed)
     train_model = wrap_model(model, cfg, runtime)
     progress = ResumeState.restore(resumed)
     tracker, run_dir = start_tracker(cfg, runtime, data, resumed)
@@ -250,12 +303,15 @@ def run_training(cfg: dict, resumed: dict | None = None) -> dict:
                 if runtime.dist.is_main:
                     save_checkpoint(checkpoint_state(run, progress), run_dir / "last.pt")
                 raise KeyboardInterrupt
-            scheduler.step()
+            if get_schedule(cfg["lr_schedule"]).per == "epoch":
+                scheduler.step()
             val = evaluate(run, "val")
             end_of_epoch(run, progress, val, lr, started)
             if distributed.all_reduce_sum([float(stop.requested)], runtime.dist)[0]:
                 raise KeyboardInterrupt  # Ctrl-C during evaluation: last.pt of this epoch is already saved
             distributed.barrier(runtime.dist)
+            if early_stop(run):
+                break
     except KeyboardInterrupt:
         status = "aborted"
         if runtime.dist.is_main:
@@ -276,11 +332,21 @@ def run_training(cfg: dict, resumed: dict | None = None) -> dict:
     return summary | {"run_dir": str(run_dir)}
 
 
+def fetch_weights(cfg: dict) -> None:
+    """Download (or read) the pretrained weights before the spectrograms are computed, so that offline a run fails
+    at once with the weights message instead of after minutes of features. Costs one extra model build.
+
+    Raises:
+        PretrainedWeightsError: the weights cannot be downloaded or read (the message says where to put them).
+    """
+    build_model(cfg["arch"], 2, pretrained=True, weights=cfg["weights"] or None)
+
+
 @dataclass
 class RunData:
     """The data of a run: class names, splits (DataFrames with path, label, y, entry), the track lists that
     checkpoints record, the split record (tracks, groups and class counts per split, PreparedData.split_record)
-    and where the groups came from, LogMel parameters and normalisation (``features``), the input transform (a MelImage
+    and where the groups came from, front-end parameters and normalisation (``features``), the input transform (e.g. a MelImage
     on the device: crops -> augmented in train mode, normalised, resized 3-channel images) and the loaders."""
     label_names: list[str]
     splits: dict[str, pd.DataFrame]
@@ -306,20 +372,26 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     """
     dist, main_rank = runtime.dist, runtime.dist.is_main
     loader_kw = loader_settings(cfg, runtime.device)
-    if cfg["preset"] == "demo" and main_rank:
+    if "demo" in cfg["preset"].split(",") and main_rank:
         make_demo_dataset(cfg["data_root"])
-    logmel, _ = build_features(cfg)
-    prepared = prepare_data(cfg, logmel, main_rank, functools.partial(distributed.barrier, dist),
+    if cfg["pretrained"] and not resumed and main_rank:
+        find_data_root(cfg["data_root"])  # a missing dataset is reported first
+        fetch_weights(cfg)
+    frontend, _ = build_features(cfg)
+    if main_rank:
+        print(f"front end ({cfg['arch']}): {describe_frontend(cfg)}", flush=True)
+    prepared = prepare_data(cfg, frontend, main_rank, functools.partial(distributed.barrier, dist),
                             resumed["label_names"] if resumed else None, show_progress=main_rank,
                             num_workers=max(loader_kw["num_workers"], torch.multiprocessing.cpu_count() or 1))
     cfg["data_root"], cfg["csv_path"] = str(prepared.data_root), str(prepared.index.csv_path)
-    norm = resumed["features"]["norm"] if resumed else normalisation(cfg, prepared)
+    train = prepared.splits["train"]
+    norm = resumed["features"]["norm"] if resumed else normalisation_for(
+        cfg, (prepared.cache.get(p, e) for p, e in zip(train.path, train.entry)), frontend)
     _, input_transform = build_features(cfg, norm["mean"], norm["std"], build_augment(cfg))
     input_transform = input_transform.to(runtime.device)
-    clip_frames, hop_frames = window_frames(cfg, logmel)
+    clip_frames, hop_frames = window_frames(cfg, frontend)
     splits, cache = prepared.splits, prepared.cache
 
-    train = splits["train"]
     train_set = ClipDataset(train.path, train.y, cache, clip_frames, cfg["seed"], entries=train.entry,
                             image=input_transform if cfg["features_on"] == "item" else None)
     sampler = EpochSampler(len(train_set), cfg["seed"], dist.rank, dist.world_size)
@@ -333,24 +405,28 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
             shard = Subset(tracks, range(dist.rank, len(tracks), dist.world_size))
             eval_loaders[name] = DataLoader(shard, batch_size=cfg["batch_size"], collate_fn=collate_tracks, **loader_kw)
     return RunData(prepared.label_names, splits, prepared.track_lists(), len(prepared.unusable),
-                   dict(params=logmel.params(), norm=norm), input_transform, sampler, train_loader, eval_loaders,
+                   dict(params=frontend.params(), norm=norm), input_transform, sampler, train_loader, eval_loaders,
                    prepared.split_record(), prepared.group_source)
 
 
-def normalisation(cfg: dict, prepared: PreparedData) -> dict:
-    """dict(mean, std) of the training split's log-mel values in dB (scale=db); 0 and 1 for the power scale."""
-    if cfg["scale"] != "db":
-        return dict(mean=0.0, std=1.0)
-    train = prepared.splits["train"]
-    mean, std = normalisation_stats(prepared.cache.get(p, e) for p, e in zip(train.path, train.entry))
-    return dict(mean=mean, std=std)
+def describe_frontend(cfg: dict) -> str:
+    """One line on the run's input: front end, its parameters, layout and normalisation (printed once)."""
+    keys = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max") if cfg["frontend"] != "waveform" else (
+        "sample_rate",)
+    size = f", resize {cfg['resize']}" if cfg["input_layout"] == "image" else ""
+    return (f"{cfg['frontend']} " + ", ".join(f"{k}={cfg[k]:g}" for k in keys)
+            + f"; {cfg['input_layout']} layout{size}, normalization {cfg['normalization']}, "
+              f"windows of {cfg['clip_seconds']:g} s")
 
 
-def build_optimisation(cfg: dict, runtime: Runtime, num_classes: int, resumed: dict | None):
-    """(model, optimizer, scheduler, scaler): the bare model (ImageNet weights when ``pretrained`` and not
-    resuming), AdamW, the learning-rate schedule and the GradScaler, with their states from ``resumed``."""
-    model, optimizer, scaler = build_model_and_optimizer(cfg, num_classes, runtime, cfg["pretrained"] and not resumed)
-    scheduler = make_scheduler(optimizer, cfg)
+def build_optimisation(cfg: dict, runtime: Runtime, num_classes: int, steps_per_epoch: int, resumed: dict | None):
+    """(model, optimizer, scheduler, scaler): the bare model (pretrained weights when ``pretrained`` and not
+    resuming; a resumed run rebuilds the checkpoint's backbone record), frozen as the config says, AdamW over
+    its parameter groups, the ``lr_schedule`` (``steps_per_epoch``: optimiser steps) and the GradScaler, with
+    their states from ``resumed``."""
+    model, optimizer, scaler = build_model_and_optimizer(cfg, num_classes, runtime, cfg["pretrained"] and not resumed,
+                                                         record=resumed.get("backbone") if resumed else None)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     if resumed:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -359,16 +435,10 @@ def build_optimisation(cfg: dict, runtime: Runtime, num_classes: int, resumed: d
     return model, optimizer, scheduler, scaler
 
 
-def make_scheduler(optimizer, cfg):
-    """Per-epoch schedule: linear warmup ``lr * (e + 1) / warmup_epochs`` for epochs ``e < warmup_epochs``,
-    then StepLR(``lr_step_size``, ``lr_gamma``) counted from the end of warmup (the tutorial's schedule)."""
-    step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg["lr_step_size"] or 10 ** 9, gamma=cfg["lr_gamma"])
-    warmup = cfg["warmup_epochs"]
-    if warmup <= 0:
-        return step
-    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0,
-                                               total_iters=max(warmup - 1, 1))
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, step], milestones=[warmup])
+def make_scheduler(optimizer, cfg: dict, steps_per_epoch: int = 1):
+    """The ``lr_schedule`` of ``cfg`` (experiment/schedules.py) for ``optimizer``; ``steps_per_epoch``: optimiser
+    steps per epoch (what a per-step schedule needs). ``step`` is the tutorial's per-epoch warmup + StepLR."""
+    return get_schedule(cfg["lr_schedule"]).build(optimizer, cfg, steps_per_epoch)
 
 
 def wrap_model(model: nn.Module, cfg: dict, runtime: Runtime) -> nn.Module:
@@ -413,7 +483,8 @@ def default_names(cfg, data_root: Path) -> tuple[str, str]:
     """(SwanLab project, experiment name) when the config leaves them empty."""
     dataset = data_root.parent.name if data_root.name in ("genres_original", "genres") else data_root.name
     tag = f"-{cfg['preset']}" if cfg["preset"] and cfg["preset"] != cfg["arch"] else ""
-    name = f"{cfg['arch']}-{cfg['resize']}px-lr{cfg['learning_rate']:g}{tag}-{datetime.now():%m%d-%H%M%S}"
+    size = f"-{cfg['resize']}px" if cfg["input_layout"] == "image" else ""
+    name = f"{cfg['arch']}{size}-lr{cfg['learning_rate']:g}{tag}-{datetime.now():%m%d-%H%M%S}"
     return cfg["swanlab_project"] or f"{dataset}-classification", cfg["experiment_name"] or name
 
 
@@ -481,45 +552,75 @@ class SkipLog:
                        f"such steps are skipped without a note")
 
 
+def optimizer_steps(batches: int, cfg: dict) -> int:
+    """Optimiser steps of an epoch of ``batches`` micro-batches: one per ``grad_accum_steps`` (the last one
+    may take fewer)."""
+    return -(-batches // cfg["grad_accum_steps"])
+
+
 def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
     """Train epoch ``progress.epoch`` from batch ``progress.step`` on, until it ends or a rank asked to stop;
     ``progress.step`` and ``progress.epoch_totals()`` follow along.
 
-    A step trains only when every rank has at least MIN_BATCH_CLIPS readable clips (a collective under
+    Every ``grad_accum_steps`` micro-batches make one optimiser step (the epoch's last group may be shorter):
+    each micro-batch's loss is scaled by 1 / (micro-batches in its group), so the gradient is that of the
+    group's mean loss; under DDP the non-final micro-batches skip the gradient all-reduce (``no_sync``).
+    A micro-batch trains only when every rank has at least MIN_BATCH_CLIPS readable clips (a collective under
     DDP: a rank that stepped alone would wait for the others in the gradient all-reduce); otherwise every
-    rank skips it. Every ``sync_every`` steps, at the end and on Ctrl-C, see :func:`sync_steps`.
+    rank skips it. Steps are read back every ``sync_every`` micro-batches, at the end and on Ctrl-C, always on
+    an optimiser-step boundary (see :func:`sync_steps`), so a mid-epoch checkpoint never holds half a group.
     """
     cfg, runtime, data = run.cfg, run.runtime, run.data
     epoch, totals, started = progress.epoch, progress.epoch_totals(), time.time()
     data.sampler.set_epoch(epoch, start=progress.step * cfg["batch_size"])
     run.train_model.train()
     data.input_transform.train()
-    batch_transform = data.input_transform if cfg["features_on"] == "device" else None
     pending = PendingSteps(runtime.sync_every)
-    last_step = progress.step + len(data.train_loader)
+    last_step, accum = progress.step + len(data.train_loader), cfg["grad_accum_steps"]
     bar = tqdm(data.train_loader, desc=f"epoch {epoch + 1}/{cfg['num_epochs']}", unit="batch", leave=False,
                disable=not runtime.dist.is_main, initial=progress.step, total=last_step)
+    stepped = 0  # micro-batches with gradients in the current group
     for x, y, skipped in bar:
         totals.skipped += run.skips.clips(skipped)
+        group_end = min(progress.step - progress.step % accum + accum, last_step)
         if distributed.all_true(len(y) >= MIN_BATCH_CLIPS, runtime.dist):
-            torch.manual_seed(step_seed(cfg["seed"], runtime.dist.rank, epoch, progress.step))
-            x, y = prepare_batch(x, y, runtime, batch_transform)
-            if epoch == 0 and progress.step == 0 and runtime.dist.is_main:
-                log_example_inputs(run.tracker, x, y, data.label_names)
-            x, y_a, y_b, lam = mixup(x, y, cfg["mixup_alpha"])
-            logits, loss = train_step(run.train_model, run.optimizer, run.scaler, x, y_a, y_b, lam, runtime)
+            logits, loss = train_micro_batch(run, x, y, epoch, progress.step, group_end)
             pending.add(progress.step, logits, loss, y)
+            stepped += 1
         else:
             run.skips.step(epoch, progress.step)
         progress.step += 1
-        if pending.due() or stop.requested or progress.step >= last_step:
-            if sync_steps(run, progress, pending, stop):
+        if progress.step == group_end:
+            if stepped:
+                optimizer_step(run.optimizer, run.scaler)
+                if get_schedule(cfg["lr_schedule"]).per == "step":
+                    run.scheduler.step()
+            stepped = 0
+            if (pending.due() or stop.requested or progress.step >= last_step) and sync_steps(run, progress, pending,
+                                                                                              stop):
                 break
             if runtime.dist.is_main and totals.batches:
                 bar.set_postfix(loss=f"{totals.loss_sum / totals.batches:.3f}",
                                 acc=f"{100 * totals.correct / max(totals.seen, 1):.1f}%")
     bar.close()
     totals.train_seconds += time.time() - started
+
+
+def train_micro_batch(run: Run, x, y, epoch: int, step: int, group_end: int):
+    """Forward and backward of micro-batch ``step`` (its seed, device transfer, input transform, mixup), the
+    loss scaled by 1 / (micro-batches of its optimiser step, which ends before ``group_end``); the gradient
+    all-reduce under DDP only on the group's last micro-batch. Returns (logits, unscaled loss), not synced."""
+    cfg, runtime = run.cfg, run.runtime
+    torch.manual_seed(step_seed(cfg["seed"], runtime.dist.rank, epoch, step))
+    x, y = prepare_batch(x, y, runtime, run.data.input_transform if cfg["features_on"] == "device" else None)
+    if epoch == 0 and step == 0 and runtime.dist.is_main:
+        log_example_inputs(run.tracker, x, y, run.data.label_names)
+    x, y_a, y_b, lam = mixup(x, y, cfg["mixup_alpha"])
+    group = group_end - (step - step % cfg["grad_accum_steps"])
+    last = step + 1 == group_end
+    sync = contextlib.nullcontext() if last or not runtime.dist.enabled else run.train_model.no_sync()
+    with sync:
+        return backward(run.train_model, run.scaler, x, y_a, y_b, lam, runtime, loss_scale=1.0 / group)
 
 
 def sync_steps(run: Run, progress: ResumeState, pending: PendingSteps, stop: StopRequest) -> bool:
@@ -543,15 +644,21 @@ def sync_steps(run: Run, progress: ResumeState, pending: PendingSteps, stop: Sto
 
 
 def log_example_inputs(tracker: Tracker, images, labels, label_names) -> None:
-    """Up to 8 training inputs (after augmentation) to SwanLab: what the network sees."""
+    """Up to 8 training inputs (after augmentation) to SwanLab: what the network sees. ``images``: [B, C, H, W]
+    images or spectrograms (channel 0 shown), or waveforms [B, 1, 1, samples] (plotted as waves)."""
     import matplotlib.pyplot as plt
-    n = min(8, len(images))
+    n, wave = min(8, len(images)), images.shape[-2] == 1
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), dpi=100, squeeze=False)
     for ax, img, y in zip(axes[0], images[:n], labels[:n]):
-        ax.imshow(img[0].float().cpu().numpy(), origin="lower", aspect="auto", cmap="magma")
+        values = img[0].float().cpu().numpy()
+        if wave:
+            ax.plot(values[0], linewidth=0.3)
+        else:
+            ax.imshow(values, origin="lower", aspect="auto", cmap="magma")
         ax.set_title(label_names[int(y)], fontsize=9)
         ax.axis("off")
-    fig.suptitle("training inputs (channel 0, after augmentation; x: time, y: mel band)", fontsize=9)
+    what = "x: sample, y: amplitude" if wave else "channel 0; x: time, y: mel band"
+    fig.suptitle(f"training inputs (after augmentation; {what})", fontsize=9)
     fig.tight_layout()
     tracker.log_figure("train/example_inputs", fig, 1, "what the network sees")
     close(fig)
@@ -615,14 +722,47 @@ def end_of_epoch(run: Run, progress: ResumeState, val: dict, lr: float, started:
 def checkpoint_state(run: Run, progress: ResumeState) -> dict:
     """What a checkpoint (last.pt, best.pt) holds: the module, optimiser, schedule and scaler states; where
     the run stands (epoch, step, accum, best); what rebuilds the model for evaluation and prediction
-    (config, label_names, features); history, splits (and ``split_record``: their groups and class counts)
-    and the SwanLab run. Plain types only."""
+    (config, label_names, features: the front end's params and the normalisation, backbone: the
+    architecture record of ``models.backbone_record``); history, splits (and ``split_record``: their groups
+    and class counts) and the SwanLab run. Plain types only."""
     cfg, tracker = run.cfg, run.tracker
     return dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                 scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(), **progress.checkpoint_fields(),
-                config=cfg, label_names=run.data.label_names, features=run.data.features, history=tracker.history,
+                config=cfg, label_names=run.data.label_names, features=run.data.features,
+                backbone=backbone_record(cfg["arch"], run.model), history=tracker.history,
                 splits=run.data.track_lists, split_record=run.data.split_record, swanlab_run_id=tracker.run_id,
                 swanlab_project=cfg["swanlab_project"], experiment_name=cfg["experiment_name"])
+
+
+def early_stop(run: Run) -> bool:
+    """Whether to stop after this epoch (``early_stopping_patience`` > 0): rank 0 decides from the history
+    (so a resumed run decides as the uninterrupted one would), every rank agrees; the reason is printed and
+    logged to SwanLab as ``summary/early_stopped_epoch``."""
+    cfg, dist = run.cfg, run.runtime.dist
+    if cfg["early_stopping_patience"] <= 0:
+        return False
+    reason = stalled(run.tracker.history, cfg["early_stopping_patience"], cfg["early_stopping_min_delta"]) \
+        if dist.is_main else None
+    if reason and dist.is_main:
+        epoch = int(run.tracker.history[-1]["train/epoch"])
+        print(f"early stopping after epoch {epoch}: {reason}", flush=True)
+        run.tracker.log({"summary/early_stopped_epoch": epoch}, step=epoch)
+    return distributed.all_reduce_sum([float(reason is not None)], dist)[0] > 0
+
+
+def stalled(history: list[dict], patience: int, min_delta: float) -> str | None:
+    """Why training should stop, or None: the last ``patience`` epochs of ``history`` (rows with
+    ``train/epoch`` and ``val/acc`` in %) did not raise val top-1 by more than ``min_delta`` points above the
+    best before them (a best is only replaced by an improvement of more than ``min_delta``, as Keras does)."""
+    best, best_epoch = -math.inf, 0
+    for row in history:
+        if row["val/acc"] > best + min_delta:
+            best, best_epoch = row["val/acc"], int(row["train/epoch"])
+    last = int(history[-1]["train/epoch"]) if history else 0
+    if last - best_epoch < patience:
+        return None
+    return (f"val top-1 has not improved by more than {min_delta:g} points for {last - best_epoch} epoch(s) "
+            f"(last improvement: {best:.1f}% at epoch {best_epoch}; early_stopping_patience={patience})")
 
 
 def final_report(run: Run, best: dict) -> dict:

@@ -99,13 +99,15 @@ class Classifier:
     def from_checkpoint(cls, path, device: str = "auto") -> "Classifier":
         """Load ``best.pt``/``last.pt`` (or a run folder, meaning its ``best.pt``). ``device``: auto, cpu, cuda...
 
+        The network is rebuilt from the checkpoint's backbone record (``state["backbone"]``; checkpoints
+        without one, written before records existed, rebuild ``config["arch"]`` as registered).
         Raises FileNotFoundError / CheckpointError (see ``experiment.checkpoint.load_checkpoint``), or
         RuntimeError for a device that is not available.
         """
         state = load_checkpoint(path)
         cfg, names = state["config"], state["label_names"]
         logmel, image, window, hop = front_end(cfg, state["features"]["norm"])
-        model = build_model(cfg["arch"], len(names), pretrained=False)
+        model = build_model(cfg["arch"], len(names), pretrained=False, record=state.get("backbone"))
         model.load_state_dict(state["model"])
         meta = {k: v for k, v in state.items() if k not in _META_DROP}
         return cls(model, logmel, image, names, window, hop, pick_device(device), cfg, meta)

@@ -1,7 +1,7 @@
 """Command-line overrides for a config dict, nanoGPT style: ``--key=value`` and ``--preset=NAME``.
 
-Values are parsed to the type of the default (bool, int, float, str); a preset is applied first, then the
-other overrides in order. ``--help`` prints every key with its default.
+Values are parsed to the type of the default (bool, int, float, str); the presets (``--preset=a,b``) are applied
+first, then the other overrides in order. ``--help`` prints every key with its default.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def parse_value(key: str, text: str, default):
 def parse_config(argv: list[str], config: dict, presets: dict) -> dict:
     """A copy of ``config`` with ``presets[--preset]`` and the ``--key=value`` overrides applied.
 
-    The chosen preset name is stored under ``config["preset"]``.
+    ``--preset=a,b`` applies several presets in order (a later one wins on a shared key). The preset
+    argument is stored under ``config["preset"]``.
     Raises:
         ConfigError: malformed argument, unknown key (with the valid keys listed) or unknown preset.
     """
@@ -53,9 +54,10 @@ def parse_config(argv: list[str], config: dict, presets: dict) -> dict:
         pairs.append((key.replace("-", "_"), value))
     for key, value in pairs:
         if key == "preset":
-            if value not in presets:
-                raise ConfigError(f"--preset={value}: unknown preset; choose one of {', '.join(presets)}")
-            cfg.update(presets[value])
+            for name in value.split(","):
+                if name not in presets:
+                    raise ConfigError(f"--preset={name}: unknown preset; choose one of {', '.join(presets)}")
+                cfg.update(presets[name])
             cfg["preset"] = value
     for key, value in pairs:
         if key == "preset":
@@ -97,3 +99,9 @@ def format_help(config: dict, presets: dict, doc: str = "", comments: dict[str, 
     keys = "\n".join(f"  {f'--{k}={v!r}'.ljust(width)}  {comments.get(k, '')}".rstrip() for k, v in config.items())
     sets = "\n".join(f"  --preset={name}: " + ", ".join(f"{k}={v!r}" for k, v in p.items()) for name, p in presets.items())
     return f"{doc.strip()}\n\nConfig keys (edit CONFIG in train.py or override):\n{keys}\n\nPresets:\n{sets}\n"
+
+
+def explicit_keys(argv: list[str]) -> set[str]:
+    """The keys set by ``--key=value`` arguments of ``argv`` (``--preset`` excluded): what the user chose."""
+    keys = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--") and "=" in a}
+    return keys - {"preset"}

@@ -21,7 +21,7 @@ from torch import nn
 
 from evaluation import autocast
 from experiment import distributed
-from models import build_model
+from models import build_model, freeze_backbone, freeze_feature_encoder, param_groups
 
 # Clips a training batch needs: BatchNorm in training mode needs more than one value per channel, and a
 # 1-clip batch at small image sizes has exactly one after the last stage (1x1); mixup needs two as well.
@@ -82,15 +82,24 @@ def loader_settings(cfg, device: torch.device) -> dict:
     return dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
 
-def build_model_and_optimizer(cfg: dict, num_classes: int, runtime: Runtime, pretrained: bool):
-    """``models.build_model(cfg["arch"], num_classes, pretrained)`` on the device (channels_last when the
-    runtime says so), its optimiser (:func:`make_optimizer`) and a GradScaler, enabled for float16 autocast
-    only. Returns (model, optimizer, scaler).
+def build_model_and_optimizer(cfg: dict, num_classes: int, runtime: Runtime, pretrained: bool,
+                              record: dict | None = None):
+    """``models.build_model(cfg["arch"], num_classes, pretrained, weights=cfg["weights"], record=record)`` with
+    the fine-tuning controls ``freeze_backbone`` (linear probe) and ``freeze_feature_encoder`` (wav2vec2 family)
+    applied, on the device (channels_last when the runtime says so), its optimiser (:func:`make_optimizer`) and a
+    GradScaler, enabled for float16 autocast only. ``record``: a checkpoint's backbone record (rebuilds that exact
+    architecture; None: the registry's). Returns (model, optimizer, scaler).
 
     Raises:
-        models.PretrainedWeightsError: ``pretrained`` and the weights cannot be downloaded.
+        models.PretrainedWeightsError: ``pretrained`` and the weights cannot be downloaded or read.
+        ValueError: ``freeze_feature_encoder`` for a model without a feature encoder.
     """
-    model = build_model(cfg["arch"], num_classes, pretrained).to(runtime.device)
+    model = build_model(cfg["arch"], num_classes, pretrained, weights=cfg.get("weights") or None, record=record)
+    if cfg.get("freeze_backbone"):
+        freeze_backbone(model, cfg["arch"])
+    if cfg.get("freeze_feature_encoder"):
+        freeze_feature_encoder(model)
+    model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
@@ -98,9 +107,17 @@ def build_model_and_optimizer(cfg: dict, num_classes: int, runtime: Runtime, pre
 
 
 def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter 2019, decoupled weight decay) over every parameter, at
-    ``cfg["learning_rate"]`` with ``cfg["weight_decay"]`` (0: plain Adam, the tutorial's optimiser)."""
-    return torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
+    """AdamW (Loshchilov & Hutter 2019, decoupled weight decay) over the trainable parameters, in the groups of
+    ``models.param_groups``: the body at ``cfg["learning_rate"]``, the new head at ``learning_rate *
+    head_lr_multiplier``, all with ``cfg["weight_decay"]`` (0: plain Adam, the tutorial's optimiser). With a
+    multiplier of 1 it is one group in the model's parameter order, as before the head had its own rate, so
+    older checkpoints' optimiser states still load."""
+    multiplier = cfg.get("head_lr_multiplier", 1.0)
+    if multiplier == 1.0:
+        groups = [dict(params=[p for p in model.parameters() if p.requires_grad], name="all")]
+    else:
+        groups = param_groups(model, cfg["arch"], cfg["learning_rate"], multiplier)
+    return torch.optim.AdamW(groups, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
 
 
 def step_seed(*parts: int) -> int:
@@ -140,19 +157,36 @@ def mixup(x, y, alpha: float):
 
 
 def train_step(model, optimizer, scaler, x, y_a, y_b, lam: float, runtime: Runtime):
-    """One optimisation step on a (mixed-up) batch: forward (autocast when the runtime has an AMP dtype),
-    mixup cross-entropy ``lam * CE(y_a) + (1 - lam) * CE(y_b)``, backward, optimizer step through ``scaler``.
+    """One optimisation step on a (mixed-up) batch: :func:`backward` then :func:`optimizer_step`.
 
-    Args: x float [B, 3, H, W] on the device; y_a, y_b long [B]. Returns (logits [B, K], loss scalar), not synced.
+    Args: x float [B, C, H, W] on the device; y_a, y_b long [B]. Returns (logits [B, K], loss scalar), not synced.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    logits, loss = backward(model, scaler, x, y_a, y_b, lam, runtime)
+    optimizer_step(optimizer, scaler)
+    return logits, loss
+
+
+def backward(model, scaler, x, y_a, y_b, lam: float, runtime: Runtime, loss_scale: float = 1.0):
+    """Forward (autocast when the runtime has an AMP dtype), mixup cross-entropy ``lam * CE(y_a) + (1 - lam) *
+    CE(y_b)``, and backward of ``loss * loss_scale`` through ``scaler``: the gradients add to those already in
+    the parameters (gradient accumulation passes ``loss_scale = 1 / micro-batches``).
+
+    Args: x float [B, C, H, W] on the device; y_a, y_b long [B]. Returns (logits [B, K], the unscaled loss), not synced.
     """
     with autocast(runtime.device, runtime.amp_dtype):
         logits = model(x)
         loss = lam * F.cross_entropy(logits, y_a) + (1 - lam) * F.cross_entropy(logits, y_b)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss * loss_scale).backward()
+    return logits, loss
+
+
+def optimizer_step(optimizer, scaler) -> None:
+    """Step the optimiser on the accumulated gradients through ``scaler`` (once per optimiser step, however many
+    micro-batches), update the loss scale, and clear the gradients."""
     scaler.step(optimizer)
     scaler.update()
-    return logits, loss
+    optimizer.zero_grad(set_to_none=True)
 
 
 @dataclass

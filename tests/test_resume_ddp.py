@@ -103,7 +103,8 @@ def test_resume_at_an_epoch_boundary_and_mid_epoch_matches_an_uninterrupted_run(
 # its running totals a plain dict under "accum", must keep resuming.
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "accum", "best", "config",
                    "label_names", "features", "history", "splits", "swanlab_run_id", "swanlab_project",
-                   "experiment_name", "split_record"}
+                   "experiment_name", "split_record",
+                   "backbone"}  # backbone: the architecture record (issue 11)
 
 
 
