@@ -157,7 +157,7 @@ def evaluate_split(clf: Classifier, data, split: str, batch_size: int, num_worke
     loader = DataLoader(tracks, batch_size=batch_size, collate_fn=collate_tracks, num_workers=num_workers,
                         pin_memory=clf.device.type == "cuda")
     bar = (lambda it: tqdm(it, desc=f"Evaluating {split}", unit="batch", leave=False)) if show_progress else None
-    out = predict_tracks(clf.model, clf.image, loader, clf.device, progress=bar)
+    out = predict_tracks(clf.model, clf.input_transform, loader, clf.device, progress=bar)
     logits, labels = out["logits"], out["labels"]
     if not len(labels):
         raise DataError(f"no track of the {split} split could be read: "
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         check_split_exists(split, clf.config)
         cfg, index, out_dir = data_config(clf.config, args, run_dir), None, run_dir
-    data = prepare_data(cfg, clf.logmel, label_names=clf.label_names,
+    data = prepare_data(cfg, clf.frontend, label_names=clf.label_names,
                         num_workers=max(args.num_workers, torch.multiprocessing.cpu_count() or 1), index=index)
     if split != "all":
         check_same_split(clf.meta.get("splits"), data.track_lists()[split], split)

@@ -73,8 +73,8 @@ def parity_windows(clf: Classifier, count: int, audio: str | None, seed: int = 0
 
 def check_parity(clf: Classifier, network: torch.nn.Module, windows: torch.Tensor) -> dict:
     """Logits of the checkpoint's model and of the exported ``network`` on the same windows (one batch)."""
-    reference = forward_windows(clf.model, clf.image, windows, clf.device, chunk=len(windows))
-    exported = forward_windows(network, clf.image, windows, clf.device, chunk=len(windows))
+    reference = forward_windows(clf.model, clf.input_transform, windows, clf.device, chunk=len(windows))
+    exported = forward_windows(network, clf.input_transform, windows, clf.device, chunk=len(windows))
     return dict(max_abs_logit_diff=float((reference - exported).abs().max()), batch_size=len(windows),
                 top1_agree=bool((reference.argmax(1) == exported.argmax(1)).all()))
 
@@ -90,7 +90,7 @@ def export(args: argparse.Namespace) -> dict:
     fmt, cfg = FORMATS[args.format], clf.config
     out = Path(args.out or run_dir / f"export_{args.format}")
     out.mkdir(parents=True, exist_ok=True)
-    example = clf.image(parity_windows(clf, EXPORT_BATCH, None, seed=1))
+    example = clf.input_transform(parity_windows(clf, EXPORT_BATCH, None, seed=1))
     try:
         how = write_atomic(out / fmt.file, lambda tmp: fmt.save(clf.model, example, tmp,
                                                                  **({"dynamo": True} if args.dynamo else {})))

@@ -393,7 +393,7 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     splits, cache = prepared.splits, prepared.cache
 
     train_set = ClipDataset(train.path, train.y, cache, clip_frames, cfg["seed"], entries=train.entry,
-                            image=input_transform if cfg["features_on"] == "item" else None)
+                            input_transform=input_transform if cfg["features_on"] == "item" else None)
     sampler = EpochSampler(len(train_set), cfg["seed"], dist.rank, dist.world_size)
     train_loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, collate_fn=collate_clips,
                               **loader_kw)

@@ -47,16 +47,16 @@ class ClipDataset(_Tracks):
     """Training items: a random ``clip_frames``-frame crop of each track.
 
     ``dataset[(index, epoch)]`` (what :class:`EpochSampler` yields) draws the crop, and the augmentation of
-    ``image`` when given, from ``(seed, epoch, index)``: identical for any number of workers and on resume.
+    ``input_transform`` when given, from ``(seed, epoch, index)``: identical for any number of workers and on resume.
     ``dataset[index]`` means epoch 0.
 
-    Returns ``(x, label)``: x float32 [1, n_mels, clip_frames], or [3, H, W] when ``image`` (a MelImage,
+    Returns ``(x, label)``: x float32 [1, n_mels, clip_frames], or the model input (e.g. [3, H, W]) when ``input_transform`` (e.g. a MelImage,
     applied per item on the CPU) is given; label int. A clip that cannot be read returns :class:`Skipped`.
     """
 
-    def __init__(self, paths, labels, cache, clip_frames: int, seed: int = 0, image=None, entries=None):
+    def __init__(self, paths, labels, cache, clip_frames: int, seed: int = 0, input_transform=None, entries=None):
         super().__init__(paths, labels, cache, entries)
-        self.clip_frames, self.seed, self.image = int(clip_frames), int(seed), image
+        self.clip_frames, self.seed, self.input_transform = int(clip_frames), int(seed), input_transform
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -65,10 +65,10 @@ class ClipDataset(_Tracks):
             return mel
         rng = np.random.default_rng([self.seed, epoch, index])
         x = torch.from_numpy(np.ascontiguousarray(random_crop(mel, self.clip_frames, rng, self.pad_value)))[None]
-        if self.image is not None:
+        if self.input_transform is not None:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 torch.manual_seed(int(rng.integers(2 ** 62)))
-                x = self.image(x)
+                x = self.input_transform(x)
         return x, self.labels[index]
 
 

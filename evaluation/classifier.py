@@ -76,22 +76,24 @@ def front_end(cfg: dict, norm: dict) -> tuple:
     """(logmel, input transform, window frames, hop frames) of a training config and its normalisation
     statistics (``features.norm``): what :meth:`Classifier.from_checkpoint` and :meth:`Classifier.from_export`
     both build, so a checkpoint and its export see the same input."""
-    logmel, image = build_features(cfg, **norm)
-    return (logmel, image, *window_frames(cfg, logmel))
+    frontend, input_transform = build_features(cfg, **norm)
+    return (frontend, input_transform, *window_frames(cfg, frontend))
 
 
 class Classifier:
     """A model plus its feature pipeline and label names, in eval mode on ``device``.
 
-    ``logmel`` is the front end (any of ``data.frontends``; also :attr:`frontend`) and ``image`` the input
-    transform (also :attr:`input_transform`). ``window``/``hop`` are in the front end's frames.
+    ``frontend`` (any of ``data.frontends``) turns a waveform [T] into features [n_mels, frames] (or [1, samples]);
+    ``input_transform`` turns windows [N, 1, rows, W] into model inputs. ``window``/``hop`` are in the front
+    end's frames.
     ``config`` is the training config of the checkpoint and ``meta`` its other entries (``label_names``,
     ``features``, ``epoch``, ``best``, ``experiment_name``, ``splits``...), without the training state.
     """
 
-    def __init__(self, model, logmel, image, label_names: list[str], window: int, hop: int, device: torch.device,
-                 config: dict | None = None, meta: dict | None = None):
-        self.model, self.logmel, self.image = model.to(device).eval(), logmel.eval(), image.to(device).eval()
+    def __init__(self, model, frontend, input_transform, label_names: list[str], window: int, hop: int,
+                 device: torch.device, config: dict | None = None, meta: dict | None = None):
+        self.model, self.frontend = model.to(device).eval(), frontend.eval()
+        self.input_transform = input_transform.to(device).eval()
         self.label_names, self.window, self.hop, self.device = list(label_names), window, hop, device
         self.config, self.meta = dict(config or {}), dict(meta or {})
 
@@ -106,11 +108,11 @@ class Classifier:
         """
         state = load_checkpoint(path)
         cfg, names = state["config"], state["label_names"]
-        logmel, image, window, hop = front_end(cfg, state["features"]["norm"])
+        frontend, input_transform, window, hop = front_end(cfg, state["features"]["norm"])
         model = build_model(cfg["arch"], len(names), pretrained=False, record=state.get("backbone"))
         model.load_state_dict(state["model"])
         meta = {k: v for k, v in state.items() if k not in _META_DROP}
-        return cls(model, logmel, image, names, window, hop, pick_device(device), cfg, meta)
+        return cls(model, frontend, input_transform, names, window, hop, pick_device(device), cfg, meta)
 
     @classmethod
     def from_export(cls, folder, device: str = "auto") -> "Classifier":
@@ -124,13 +126,13 @@ class Classifier:
         device = pick_device(device)
         spec, network = read_export(folder, device)
         try:
-            logmel, image, window, hop = front_end(spec["config"], spec["features"]["norm"])
+            frontend, input_transform, window, hop = front_end(spec["config"], spec["features"]["norm"])
         except (KeyError, TypeError, ValueError) as err:
             raise ExportError(f"{folder}: export.json's config or features are incomplete or invalid "
                               f"({type(err).__name__}: {err}). Export again with export.py") from None
         meta = {k: v for k, v in spec.items() if k != "config"}
         names = spec["label_names"]
-        return cls(network, logmel, image, names, window, hop, device, spec["config"], meta)
+        return cls(network, frontend, input_transform, names, window, hop, device, spec["config"], meta)
 
     @classmethod
     def load(cls, path, device: str = "auto") -> "Classifier":
@@ -141,18 +143,8 @@ class Classifier:
         return cls.from_checkpoint(path, device)
 
     @property
-    def frontend(self):
-        """The front end: waveform [T] -> features [n_mels, frames] (or [1, samples])."""
-        return self.logmel
-
-    @property
-    def input_transform(self):
-        """The input transform: windows [N, 1, rows, W] -> model inputs."""
-        return self.image
-
-    @property
     def sample_rate(self) -> int:
-        return self.logmel.sample_rate
+        return self.frontend.sample_rate
 
     @property
     def min_seconds(self) -> float:
@@ -188,18 +180,18 @@ class Classifier:
         Arguments and errors as :meth:`waveform`.
         """
         with torch.no_grad():
-            return self.logmel(self.waveform(audio, sample_rate, min_seconds)).numpy()
+            return self.frontend(self.waveform(audio, sample_rate, min_seconds)).numpy()
 
     def logits_of_spectrogram(self, mel: np.ndarray) -> torch.Tensor:
         """Window-averaged logits float32 [num_classes] (cpu) of whole-recording features (:meth:`spectrogram`)."""
-        windows = cut_windows(mel, self.window, self.hop, self.logmel.pad_value)
-        return forward_windows(self.model, self.image, windows, self.device).mean(0).cpu()
+        windows = cut_windows(mel, self.window, self.hop, self.frontend.pad_value)
+        return forward_windows(self.model, self.input_transform, windows, self.device).mean(0).cpu()
 
     def classify(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> Prediction:
         """Class probabilities of one whole recording (arguments and errors as :meth:`waveform`)."""
         wave = self.waveform(audio, sample_rate, min_seconds)
         with torch.no_grad():
-            mel = self.logmel(wave).numpy()
+            mel = self.frontend(wave).numpy()
         probs = self.logits_of_spectrogram(mel).softmax(0)
         windows = len(window_starts(mel.shape[-1], self.window, self.hop))
         return Prediction(probs, self.label_names, windows, wave.numel() / self.sample_rate)
@@ -222,9 +214,9 @@ class Classifier:
         """
         wave = self.waveform(audio, sample_rate, min_seconds)
         with torch.no_grad():
-            mel = self.logmel(wave).numpy()
-        logits = forward_windows(self.model, self.image, cut_windows(mel, self.window, self.hop), self.device)
-        frame = self.logmel.hop_length / self.sample_rate
+            mel = self.frontend(wave).numpy()
+        logits = forward_windows(self.model, self.input_transform, cut_windows(mel, self.window, self.hop), self.device)
+        frame = self.frontend.hop_length / self.sample_rate
         starts = np.asarray(window_starts(mel.shape[1], self.window, self.hop), dtype=float) * frame
         prediction = Prediction(logits.mean(0).cpu().softmax(0), self.label_names, len(starts),
                                 wave.numel() / self.sample_rate)

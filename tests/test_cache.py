@@ -146,7 +146,7 @@ def test_per_item_cpu_features_equal_batched_features_on_the_device(tmp_path, sc
     image = MelImage(32, scale, None, mean, std).eval()
     kw = dict(labels=[0] * len(paths), cache=cache, clip_frames=logmel.seconds_to_frames(0.5), seed=7)
 
-    per_item = ClipDataset(paths, image=image, **kw)  # features_on=item: the image is made in the Dataset
+    per_item = ClipDataset(paths, input_transform=image, **kw)  # features_on=item: the image is made in the Dataset
     batched = ClipDataset(paths, **kw)                 # features_on=device: crops, imaged per batch
     keys = [(i, 3) for i in range(len(paths))]
     expected, _, _ = collate_clips([per_item[k] for k in keys])

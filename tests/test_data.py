@@ -126,7 +126,7 @@ def test_clip_items_as_images_per_item(four_classes):
     _, cfg, logmel, data = four_classes
     part = data.splits["train"]
     _, image = build_features(cfg, mean=-40.0, std=15.0)
-    ds = ClipDataset(part.path, part.y, data.cache, window_frames(cfg, logmel)[0], image=image, entries=part.entry)
+    ds = ClipDataset(part.path, part.y, data.cache, window_frames(cfg, logmel)[0], input_transform=image, entries=part.entry)
     x, y = ds[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and torch.isfinite(x).all()
     assert torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])
@@ -241,7 +241,7 @@ def test_power_scale_pipeline_end_to_end(tmp_path):
     assert mel.dtype == np.float32 and (mel >= 0).all() and mel.shape == (N_MELS, 1 + int(0.6 * SR) // HOP)
     from augment import build_augment
     _, image = build_features(cfg, augment=build_augment(cfg))
-    ds = ClipDataset(part.path, part.y, data.cache, window_frames(cfg, logmel)[0], image=image, entries=part.entry)
+    ds = ClipDataset(part.path, part.y, data.cache, window_frames(cfg, logmel)[0], input_transform=image, entries=part.entry)
     x, y = ds[0]
     assert x.shape == (3, 32, 32) and torch.isfinite(x).all() and (x >= 0).all()
     assert torch.equal(x, ds[0][0])  # the per-item augmentation is reproducible

@@ -57,7 +57,7 @@ def clip(seconds=1.0, sample_rate=8000, kind="tone", seed=0):
 
 def expected_windows(clf, seconds):
     """Windows a recording of ``seconds`` gets: what window_starts predicts at the model's rate."""
-    return len(window_starts(clf.logmel.num_frames(int(round(seconds * clf.sample_rate))), clf.window, clf.hop))
+    return len(window_starts(clf.frontend.num_frames(int(round(seconds * clf.sample_rate))), clf.window, clf.hop))
 
 
 # ---------------------------------------------------------------- metrics and report
@@ -191,7 +191,7 @@ def test_a_three_minute_song_is_windowed_not_truncated(clf, tmp_path):
     # features and averaging are the Classifier's own; only the CNN is smaller.
     torch.manual_seed(0)
     cheap = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 3))
-    fast = Classifier(cheap, clf.logmel, clf.image, clf.label_names, clf.window, clf.hop, torch.device("cpu"))
+    fast = Classifier(cheap, clf.frontend, clf.input_transform, clf.label_names, clf.window, clf.hop, torch.device("cpu"))
     path = tmp_path / "song.wav"
     song = np.tile(clip(2.0, 8000, "pulses"), 90)
     song[-8000:] = clip(1.0, 8000, "chirp")  # the last second differs: a truncating classifier would miss it
@@ -199,11 +199,11 @@ def test_a_three_minute_song_is_windowed_not_truncated(clf, tmp_path):
     pred = fast.classify(path)
     mel = fast.spectrogram(path)
     starts = window_starts(mel.shape[1], clf.window, clf.hop)
-    assert mel.shape[1] == clf.logmel.num_frames(180 * 8000)
+    assert mel.shape[1] == clf.frontend.num_frames(180 * 8000)
     assert pred.seconds == pytest.approx(180.0) and pred.num_windows == len(starts) > 700
     assert starts[-1] + clf.window == mel.shape[1]  # the last window ends at the last frame
     with torch.no_grad():
-        each = cheap(clf.image(torch.from_numpy(np.stack([mel[:, s:s + clf.window] for s in starts]))[:, None]))
+        each = cheap(clf.input_transform(torch.from_numpy(np.stack([mel[:, s:s + clf.window] for s in starts]))[:, None]))
     torch.testing.assert_close(pred.probabilities, each.mean(0).softmax(0), atol=1e-6, rtol=0)
     with torch.no_grad():
         without_tail = each[:-1].mean(0).softmax(0)

@@ -70,8 +70,8 @@ def test_export_matches_the_checkpoint_and_runs_alone(fmt, run, clf, clips, tmp_
     assert spec["metrics"]["val"]["top1"] == json.loads((run / "metrics.json").read_text())["val"]["top1"]
 
     # the network file itself, at a batch size other than the export's (2) and the check's (3)
-    windows = torch.randn(5, 1, clf.logmel.n_mels, clf.window, generator=torch.Generator().manual_seed(3)) * 10 - 40
-    x = clf.image(windows)
+    windows = torch.randn(5, 1, clf.frontend.n_mels, clf.window, generator=torch.Generator().manual_seed(3)) * 10 - 40
+    x = clf.input_transform(windows)
     with torch.no_grad():
         reference = clf.model(x).numpy()
     got = run_network(fmt, out, x)

@@ -374,7 +374,7 @@ def test_classifier_rebuilds_any_front_end_from_the_checkpoint_alone(name, tmp_p
     model = TinyNet()
     norm = normalisation_for(cfg, [np.full((2, 2), -50.0, np.float32), np.full((2, 2), -30.0, np.float32)])
     save_state(tmp_path / "best.pt", cfg, model, norm)
-    monkeypatch.setattr(evaluation.classifier, "build_model", lambda arch, k, pretrained: TinyNet(1, k))
+    monkeypatch.setattr(evaluation.classifier, "build_model", lambda arch, k, pretrained, **kw: TinyNet(1, k))
     clf = Classifier.from_checkpoint(tmp_path / "best.pt", device="cpu")
     frontend, transform = build_features(cfg, **norm)
     assert clf.frontend.params() == frontend.params() and type(clf.input_transform) is type(transform)
