@@ -6,6 +6,7 @@ written in tmp_path, downloads monkeypatched to fail.
 """
 from __future__ import annotations
 
+import math
 import json
 import os
 import time
@@ -459,3 +460,14 @@ def test_old_resnet_checkpoints_without_a_record_rebuild_and_records_check_their
         build_model("resnet18", 4, pretrained=False, record={"name": "cnn14"})
     with pytest.raises(ValueError, match="need pretrained=False"):
         build_model("cnn14", 4, pretrained=True, base_channels=4)
+
+
+def test_cnn14s_new_head_starts_at_chance_loss():
+    """The new head is initialised near zero (MAE's fine-tuning recipe), so a fresh CNN14's first loss is
+    ln(K) whatever its body outputs; the official Xavier head started FSDD training at 4.3 for ln 10 = 2.3."""
+    torch.manual_seed(0)
+    model = build_model("cnn14", 10, pretrained=False, base_channels=8).train()
+    x, y = torch.randn(6, 1, 64, 64) * 20 - 40, torch.arange(6)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    assert abs(float(loss) - math.log(10)) < 1e-3
+    assert float(model.fc_audioset.weight.std()) < 1e-4 and not model.fc_audioset.bias.any()
