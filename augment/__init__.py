@@ -25,10 +25,10 @@ class _PerExample(nn.Module):
             raise ValueError(f"probability p={p} must be in [0, 1]")
         self.p = p
 
-    def transform(self, x: torch.Tensor, mask_value: float) -> torch.Tensor:
+    def transform(self, x: torch.Tensor, mask_value: float | torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, mask_value: float = 0.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask_value: float | torch.Tensor = 0.0) -> torch.Tensor:
         if x.dim() not in (3, 4):
             raise ValueError(f"expected [C, F, T] or [B, C, F, T], got shape {tuple(x.shape)}")
         if self.p == 0.0 or not self.training:  # eval mode (module.eval()) is the identity, like Dropout
@@ -40,14 +40,15 @@ class _PerExample(nn.Module):
         return torch.where(chosen.view(*chosen.shape, 1, 1, 1), out, x)
 
 
-def _shared_mask(mask: nn.Module, x: torch.Tensor, mask_value: float, axis: int) -> torch.Tensor:
+def _shared_mask(mask: nn.Module, x: torch.Tensor, mask_value: float | torch.Tensor, axis: int) -> torch.Tensor:
     """Draw one torchaudio mask per example along ``axis`` (-1 time, -2 frequency) and apply it to all
     channels. The mask is drawn on ones of shape [B, 1, 1, T] (or [B, 1, F, 1]): torchaudio draws the same
-    random numbers as for a full [B, 1, F, T] tensor, and no full-size tensor is built or compared."""
+    random numbers as for a full [B, 1, F, T] tensor, and no full-size tensor is built or compared.
+    ``mask_value``: a number, or a tensor that broadcasts against ``x`` (e.g. one value per mel bin)."""
     shape = [*x.shape[:-3], 1, 1, 1]
     shape[axis] = x.shape[axis]
     keep = mask(torch.ones(shape, device=x.device, dtype=x.dtype), 0.0)
-    return x.masked_fill(keep == 0, mask_value)
+    return torch.where(keep == 0, torch.as_tensor(mask_value, dtype=x.dtype, device=x.device), x)
 
 
 class TimeMasking(_PerExample):
@@ -103,7 +104,8 @@ class RandomGain(_PerExample):
 class SpectrogramAugment(nn.Module):
     """The four augmentations in the tutorial's order: time mask, frequency mask, noise, gain.
 
-    ``forward(x, mask_value)``: x float32 [C, F, T] or [B, C, F, T] -> same shape and dtype.
+    ``forward(x, mask_value)``: x float32 [C, F, T] or [B, C, F, T] -> same shape and dtype. ``mask_value``
+    (what the masked bins become) is a number or a tensor that broadcasts against ``x``.
     """
 
     def __init__(self, time_mask: int = 20, time_mask_p: float = 1.0, freq_mask: int = 20, freq_mask_p: float = 1.0,
@@ -113,7 +115,7 @@ class SpectrogramAugment(nn.Module):
         self.steps = nn.ModuleList([TimeMasking(time_mask, time_mask_p), FrequencyMasking(freq_mask, freq_mask_p),
                                     GaussianNoise(noise_std, noise_p), RandomGain(gain_min, gain_max, gain_p, scale)])
 
-    def forward(self, x: torch.Tensor, mask_value: float = 0.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask_value: float | torch.Tensor = 0.0) -> torch.Tensor:
         for step in self.steps:
             x = step(x, mask_value)
         return x

@@ -45,6 +45,7 @@ __all__ = ["FRONTENDS", "LAYOUTS", "NORMALIZATIONS", "SCALES", "InputTransform",
            "per_clip_stats", "window_frames"]
 
 NORMALIZATIONS = ("auto", "train", "fixed", "none", "per_clip")
+MASK_FILLS = ("mean", "bin_mean")  # a front end's ``mask_fill``: see InputTransform
 # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm: (x - mean) / sqrt(var + 1e-7), population variance.
 PER_CLIP_EPS = 1e-7
 
@@ -64,6 +65,9 @@ class InputTransform(nn.Module):
 
     Normalisation is ``(x - mean) / std`` with SpecAugment masks filled with ``mean`` (0 after
     normalising); the augmentation works in the front end's units (dB for log-mel), before normalising.
+    With ``mask_fill="bin_mean"`` (the front end's choice: ``panns_logmel``, whose network normalises with its
+    own ``bn0``) masks are filled with each mel bin's mean over the batch and its frames instead, the value the
+    official CNN14 masks with (0 after ``bn0``); a single item uses its own frames.
     (``kaldi_fbank`` is a natural log: RandomGain's ``10 * log10(g)`` step is 4.3 times ``ln(g)`` there, so
     AST's recipe, masks only, leaves noise and gain off.)
     With ``per_clip`` each example's own mean is removed first, masks are filled with 0 (that mean), and the
@@ -76,16 +80,26 @@ class InputTransform(nn.Module):
 
     frontends = ("logmel", "panns_logmel", "kaldi_fbank")  # the front ends whose output this layout takes
 
-    def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False):
+    def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False,
+                 mask_fill: str = "mean"):
         super().__init__()
         if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
             raise ValueError(f"normalisation needs a finite mean and a positive std, got mean={mean}, std={std}")
+        if mask_fill not in MASK_FILLS:
+            raise ValueError(f"mask_fill={mask_fill!r}: choose one of {MASK_FILLS}")
         self.augment, self.mean, self.std, self.per_clip = augment, float(mean), float(std), bool(per_clip)
+        self.mask_fill = mask_fill
 
     @classmethod
     def from_config(cls, cfg: dict, augment: nn.Module | None, mean: float, std: float,
-                    per_clip: bool) -> "InputTransform":
-        return cls(augment, mean, std, per_clip)
+                    per_clip: bool, mask_fill: str = "mean") -> "InputTransform":
+        return cls(augment, mean, std, per_clip, mask_fill)
+
+    def mask_value(self, x: torch.Tensor) -> float | torch.Tensor:
+        """What SpecAugment masks of the batch ``x`` [B, C, F, T] are filled with, before normalising."""
+        if self.mask_fill == "bin_mean":
+            return x.mean(dim=(0, 1, 3), keepdim=True)  # [1, 1, F, 1]
+        return self.mean
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Augment (training mode) and normalise a batch [B, C, F, T]."""
@@ -95,7 +109,7 @@ class InputTransform(nn.Module):
             x = x - mean
             return (augment(x, mask_value=0.0) if augment is not None else x) / std
         if augment is not None:
-            x = augment(x, mask_value=self.mean)
+            x = augment(x, mask_value=self.mask_value(x))
         return (x - self.mean) / self.std
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,15 +137,15 @@ class MelImage(InputTransform):
     """
 
     def __init__(self, resize: int, scale: str = "db", augment: nn.Module | None = None,
-                 mean: float = 0.0, std: float = 1.0, per_clip: bool = False):
+                 mean: float = 0.0, std: float = 1.0, per_clip: bool = False, mask_fill: str = "mean"):
         if scale not in SCALES:
             raise ValueError(f"scale={scale!r}: choose one of {SCALES}")
-        super().__init__(augment, mean, std, per_clip)
+        super().__init__(augment, mean, std, per_clip, mask_fill)
         self.resize, self.scale = int(resize), scale
 
     @classmethod
-    def from_config(cls, cfg, augment, mean, std, per_clip) -> "MelImage":
-        return cls(cfg["resize"], cfg["scale"], augment, mean, std, per_clip)
+    def from_config(cls, cfg, augment, mean, std, per_clip, mask_fill="mean") -> "MelImage":
+        return cls(cfg["resize"], cfg["scale"], augment, mean, std, per_clip, mask_fill)
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         size = (self.resize, self.resize)
@@ -162,8 +176,9 @@ class WaveformInput(InputTransform):
 
     frontends = ("waveform",)
 
-    def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False):
-        super().__init__(None, mean, std, per_clip)
+    def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False,
+                 mask_fill: str = "mean"):
+        super().__init__(None, mean, std, per_clip, mask_fill)
 
 
 # input_layout -> transform class (with ``from_config`` and the ``frontends`` it takes): a new layout is one entry.
@@ -248,7 +263,7 @@ def build_input_transform(cfg: dict, frontend: nn.Module, mean: float = 0.0, std
         mean, std = _fixed_stats(cfg)
     elif mode != "train":
         mean, std = 0.0, 1.0
-    return cls.from_config(cfg, augment, mean, std, mode == "per_clip")
+    return cls.from_config(cfg, augment, mean, std, mode == "per_clip", frontend.mask_fill)
 
 
 def build_features(cfg: dict, mean: float = 0.0, std: float = 1.0, augment: nn.Module | None = None

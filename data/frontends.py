@@ -19,8 +19,9 @@ Each backbone is fine-tuned on the input it was pretrained on, so the front end 
 
 Every front end has the same small interface: ``params()`` (everything that determines the output: the
 cache key and the checkpoint's record), ``num_frames(num_samples)``, ``seconds_to_frames(seconds)``,
-``frames_per_second``, ``hop_length`` (samples per frame), ``pad_value`` (None: the clip's minimum) and
-``auto_normalization`` (what ``normalization="auto"`` means for it). Frames run along the last axis, so the
+``frames_per_second``, ``hop_length`` (samples per frame), ``pad_value`` (None: the clip's minimum),
+``auto_normalization`` (what ``normalization="auto"`` means for it) and ``mask_fill`` (what SpecAugment
+masks are filled with: ``"mean"``, the normalisation mean, or ``"bin_mean"``, each mel bin's batch mean). Frames run along the last axis, so the
 cache, random crops and evaluation windows work unchanged for all of them. A new front end is one class
 and one entry in :data:`FRONTENDS`.
 """
@@ -84,6 +85,7 @@ class LogMel(_CentredStft):
 
     name = "logmel"
     pad_value = None  # windows of short clips are padded with the clip's minimum (its silence, in dB)
+    mask_fill = "mean"  # the training mean (0 once normalised); the tutorial's power mel: 0, silence
 
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float = 0.0,
                  f_max: float | None = None, scale: str = "db", top_db: float | None = 80.0):
@@ -142,6 +144,10 @@ class PannsLogMel(_CentredStft):
     AMIN = 1e-10
     pad_value = 10.0 * math.log10(AMIN)  # -100 dB: a zero-padded waveform
     auto_normalization = "none"  # CNN14 normalises with its own learned bn0, as pretrained
+    # The official Cnn14.forward masks after bn0, setting masked bins to 0, the batch mean of each mel bin;
+    # masking before bn0 with that mean keeps it. (0 dB, the unnormalised "mean", is far louder than any
+    # real bin, around -50 dB: loud stripes seen in training only.)
+    mask_fill = "bin_mean"
 
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float = 0.0,
                  f_max: float | None = None):
@@ -193,6 +199,7 @@ class KaldiFbank(nn.Module):
     name = "kaldi_fbank"
     pad_value = 0.0
     auto_normalization = "train"  # AST's recipe for a new dataset: its own mean/std (src/get_norm_stats.py)
+    mask_fill = "mean"  # AST masks the normalised fbank with 0
 
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float = 20.0,
                  f_max: float | None = None):
@@ -256,6 +263,7 @@ class Waveform(nn.Module):
     pad_value = 0.0
     hop_length = 1
     auto_normalization = "none"
+    mask_fill = "mean"  # unused: waveforms are not masked
 
     def __init__(self, sample_rate: int):
         super().__init__()

@@ -276,7 +276,7 @@ def test_augmentation_fills_masks_with_the_normalised_zero_and_skips_waveforms()
     masks_only = SpectrogramAugment(time_mask=10, freq_mask=1, freq_mask_p=0.0, noise_p=0.0, gain_p=0.0)
     x = torch.randn(8, 1, 16, 30) * 5 - 40
     for mode in ("train", "per_clip"):
-        transform = build_features(dict(CFGS["panns_logmel"], normalization=mode), -40.0, 5.0, masks_only)[1].train()
+        transform = build_features(dict(CFGS["kaldi_fbank"], normalization=mode), -40.0, 5.0, masks_only)[1].train()
         torch.manual_seed(0)
         out = transform(x)
         masked = (out == 0).all(dim=2)  # [B, 1, T]: whole masked frames are exactly 0 after normalising
@@ -285,6 +285,23 @@ def test_augmentation_fills_masks_with_the_normalised_zero_and_skips_waveforms()
     wave = build_features(CFGS["waveform"], augment=noisy)[1]
     w = torch.randn(2, 1, 1, 400)
     assert wave.augment is None and torch.equal(wave.train()(w), wave.eval()(w))
+
+
+def test_cnn14s_masks_are_filled_with_each_mel_bins_batch_mean_never_0_db():
+    """panns_logmel is not normalised before CNN14 (its bn0 does it): a mask filled with the normalisation
+    "mean" would be 0 dB, louder than any real bin. The official model masks after bn0 with 0, i.e. each
+    bin's batch mean, and so do we, before bn0."""
+    masks_only = SpectrogramAugment(time_mask=10, freq_mask=1, freq_mask_p=0.0, noise_p=0.0, gain_p=0.0)
+    x = torch.linspace(-90.0, -30.0, 16).view(1, 1, 16, 1) + torch.randn(8, 1, 16, 30)
+    transform = build_features(CFGS["panns_logmel"], augment=masks_only)[1].train()
+    assert transform.mask_fill == "bin_mean"
+    torch.manual_seed(0)
+    out = transform(x)
+    masked = (out != x).all(dim=2, keepdim=True)  # [B, 1, 1, T]: whole frames replaced
+    assert masked.any() and masked.sum() < masked.numel()
+    assert torch.equal(out, torch.where(masked, x.mean(dim=(0, 1, 3), keepdim=True), x))
+    assert out.max() < -25.0
+    assert build_features(CFGS["logmel"])[1].mask_fill == "mean"
 
 
 # ---------------------------------------------------------------- the cache and the datasets
