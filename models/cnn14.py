@@ -55,8 +55,8 @@ def _init_head(layer: nn.Linear) -> None:
     std=2e-5)``). On CNN14's large 2048-d ReLU embedding a Xavier head starts with logits of several units:
     measured on FSDD from scratch, the loss started at 4.3 (ln 10 = 2.3). With this head it starts at ln 10,
     and 25 full-batch steps on 30 FSDD clips reach training accuracy 0.27 against 0.10 with the Xavier head.
-    (On the whole FSDD speaker split, three epochs from scratch still stayed at chance either way: CNN14 is
-    meant to be fine-tuned from its AudioSet weights.)
+    (What kept the whole FSDD speaker split at chance from scratch was elsewhere: SpecAugment masks filled
+    with 0 dB; see ``PannsLogMel.mask_fill``.)
     """
     nn.init.trunc_normal_(layer.weight, std=2e-5)
     nn.init.zeros_(layer.bias)
