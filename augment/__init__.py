@@ -48,7 +48,7 @@ def _shared_mask(mask: nn.Module, x: torch.Tensor, mask_value: float | torch.Ten
     shape = [*x.shape[:-3], 1, 1, 1]
     shape[axis] = x.shape[axis]
     keep = mask(torch.ones(shape, device=x.device, dtype=x.dtype), 0.0)
-    return torch.where(keep == 0, torch.as_tensor(mask_value, dtype=x.dtype, device=x.device), x)
+    return torch.where(keep == 0, mask_value, x)  # a float stays a scalar: no host-to-device copy per call
 
 
 class TimeMasking(_PerExample):
