@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.windows import cut_windows
 from evaluation import forward_windows
 from evaluation.classifier import Classifier
 from evaluation.export import FORMATS, ExportError, write_atomic, write_export_json
@@ -64,10 +63,10 @@ def parity_windows(clf: Classifier, count: int, audio: str | None, seed: int = 0
     window of ``audio``. The shape comes from the front end itself (a window of silence)."""
     norm = clf.meta["features"]["norm"]
     silence = np.zeros(int(clf.config["clip_seconds"] * clf.sample_rate), dtype=np.float32)
-    shape = cut_windows(clf.spectrogram(silence, clf.sample_rate), clf.window, clf.hop).shape[1:]
+    shape = clf.windows(clf.spectrogram(silence, clf.sample_rate)).shape[1:]
     windows = torch.randn((count, *shape), generator=torch.Generator().manual_seed(seed)) * norm["std"] + norm["mean"]
     if audio:
-        windows = torch.cat([windows, cut_windows(clf.spectrogram(audio), clf.window, clf.hop)])
+        windows = torch.cat([windows, clf.windows(clf.spectrogram(audio))])
     return windows
 
 

@@ -182,19 +182,15 @@ class Classifier:
         with torch.no_grad():
             return self.frontend(self.waveform(audio, sample_rate, min_seconds)).numpy()
 
-    def logits_of_spectrogram(self, mel: np.ndarray) -> torch.Tensor:
-        """Window-averaged logits float32 [num_classes] (cpu) of whole-recording features (:meth:`spectrogram`)."""
-        windows = cut_windows(mel, self.window, self.hop, self.frontend.pad_value)
-        return forward_windows(self.model, self.input_transform, windows, self.device).mean(0).cpu()
+    def windows(self, features: np.ndarray) -> torch.Tensor:
+        """Every evaluation window of whole-recording features [rows, frames] -> float32 [N, 1, rows, window],
+        as training evaluates them (TrackDataset): a recording shorter than one window gives one centred window
+        padded with the front end's silence (``frontend.pad_value``)."""
+        return cut_windows(features, self.window, self.hop, self.frontend.pad_value)
 
     def classify(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> Prediction:
         """Class probabilities of one whole recording (arguments and errors as :meth:`waveform`)."""
-        wave = self.waveform(audio, sample_rate, min_seconds)
-        with torch.no_grad():
-            mel = self.frontend(wave).numpy()
-        probs = self.logits_of_spectrogram(mel).softmax(0)
-        windows = len(window_starts(mel.shape[-1], self.window, self.hop))
-        return Prediction(probs, self.label_names, windows, wave.numel() / self.sample_rate)
+        return self.analyze(audio, sample_rate, min_seconds).prediction
 
     def predict(self, audio, sample_rate: int | None = None, top_k: int = 5, min_seconds: float = 0.0
                 ) -> list[tuple[str, float]]:
@@ -206,18 +202,16 @@ class Classifier:
         return self.classify(audio, sample_rate, min_seconds).top_k(top_k)
 
     def analyze(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0) -> Analysis:
-        """:meth:`classify` plus the per-window probabilities and the spectrogram, from one forward pass.
-
-        The same features, windows and network as :meth:`classify` (window logits averaged, then softmax),
-        so ``analyze(x).prediction.probabilities`` equals ``classify(x).probabilities``. Arguments and
+        """The recording's :class:`Prediction` (what :meth:`classify` returns: window logits averaged, then
+        softmax) plus the per-window probabilities and the spectrogram, from one forward pass. Arguments and
         errors as :meth:`waveform`.
         """
         wave = self.waveform(audio, sample_rate, min_seconds)
         with torch.no_grad():
             mel = self.frontend(wave).numpy()
-        logits = forward_windows(self.model, self.input_transform, cut_windows(mel, self.window, self.hop), self.device)
+        logits = forward_windows(self.model, self.input_transform, self.windows(mel), self.device)
         frame = self.frontend.hop_length / self.sample_rate
-        starts = np.asarray(window_starts(mel.shape[1], self.window, self.hop), dtype=float) * frame
+        starts = np.asarray(window_starts(mel.shape[-1], self.window, self.hop), dtype=float) * frame
         prediction = Prediction(logits.mean(0).cpu().softmax(0), self.label_names, len(starts),
                                 wave.numel() / self.sample_rate)
         return Analysis(prediction, logits.softmax(1).cpu(), starts, self.window * frame, mel, frame)

@@ -404,4 +404,6 @@ def test_classifier_rebuilds_any_front_end_from_the_checkpoint_alone(name, tmp_p
     prediction = clf.classify(x, sample_rate=clf.sample_rate)
     assert prediction.num_windows == 1 and prediction.seconds == pytest.approx(0.15)
     torch.testing.assert_close(prediction.probabilities, expected.mean(0).softmax(0), rtol=0, atol=1e-6)
+    analysis = clf.analyze(x, sample_rate=clf.sample_rate)  # the web demo's path: the same padded window
+    torch.testing.assert_close(analysis.prediction.probabilities, prediction.probabilities, rtol=0, atol=1e-6)
     assert math.isclose(clf.min_seconds, 0.05)
