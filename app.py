@@ -36,8 +36,7 @@ from gradio.utils import get_upload_folder  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from data.audio import MIN_SECONDS, AudioError, sf_path  # noqa: E402
-from evaluation.classifier import Analysis, Classifier  # noqa: E402
-from experiment.checkpoint import CheckpointError  # noqa: E402
+from evaluation.classifier import Analysis, Classifier, load_for_cli  # noqa: E402
 from experiment.model_card import class_counts, dataset_name, metrics_summary, percent, read_metrics  # noqa: E402
 
 MAX_ROWS = 12  # classes shown in the time plot (the most probable ones)
@@ -234,10 +233,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Serve the demo until Ctrl-C; returns the exit status (1: the model cannot be loaded)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        clf = Classifier.load(args.model, args.device)
-    except (FileNotFoundError, CheckpointError) as err:  # ExportError is a CheckpointError
-        print(f"error: {err}", file=sys.stderr)
+    clf = load_for_cli(args.model, args.device)
+    if clf is None:
         return 1
     folder = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
     metrics = clf.meta.get("metrics") or metrics_summary(read_metrics(folder))

@@ -32,8 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data.audio import AUDIO_EXTENSIONS, MIN_SECONDS, AudioError
-from evaluation.classifier import Classifier
-from experiment.checkpoint import CheckpointError
+from evaluation.classifier import Classifier, load_for_cli
 from experiment.distributed import pick_device
 
 
@@ -128,10 +127,8 @@ def format_table(predictions: list[dict], top_k: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0: at least one file classified, 1: none)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        clf = Classifier.load(args.checkpoint, args.device)
-    except (FileNotFoundError, CheckpointError) as err:  # ExportError is a CheckpointError
-        print(f"error: {err}", file=sys.stderr)
+    clf = load_for_cli(args.checkpoint, args.device)
+    if clf is None:
         return 1
 
     def report(path: str, message: str) -> None:

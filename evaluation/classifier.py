@@ -17,6 +17,7 @@ configs written before front ends existed mean today's log-mel and 3-channel ima
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from data.features import build_features, window_frames
 from data.windows import cut_windows, window_starts
 from evaluation import forward_windows
 from evaluation.export import ExportError, read_export
-from experiment.checkpoint import load_checkpoint
+from experiment.checkpoint import CheckpointError, load_checkpoint
 from experiment.distributed import pick_device
 from models import build_model
 
@@ -215,3 +216,13 @@ class Classifier:
         prediction = Prediction(logits.mean(0).cpu().softmax(0), self.label_names, len(starts),
                                 wave.numel() / self.sample_rate)
         return Analysis(prediction, logits.softmax(1).cpu(), starts, self.window * frame, mel, frame)
+
+
+def load_for_cli(path, device: str = "auto") -> Classifier | None:
+    """:meth:`Classifier.load` for a command line (predict.py, app.py): a missing or unreadable checkpoint or
+    export prints ``error: <why>`` to stderr and returns None, so the caller exits with status 1."""
+    try:
+        return Classifier.load(path, device)
+    except (FileNotFoundError, CheckpointError) as err:  # ExportError is a CheckpointError
+        print(f"error: {err}", file=sys.stderr)
+        return None
