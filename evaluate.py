@@ -48,7 +48,7 @@ from data.splits import split_parts
 from evaluation import predict_tracks, track_loss
 from evaluation.classifier import Classifier
 from evaluation.metrics import classification_metrics, close, interval_text, save_report
-from experiment.checkpoint import CheckpointError
+from experiment.checkpoint import CheckpointError, write_atomic
 from experiment.distributed import pick_device
 from experiment.tracking import Tracker
 
@@ -241,15 +241,18 @@ def write_errors(path, out: dict, label_names: list[str], k: int = 3) -> int:
     wrong = (out["logits"].argmax(1) != out["labels"]).nonzero().flatten().tolist()  # as in the metrics
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.writer(f)
-        header = [f"top{j}_{c}" for j in range(1, k + 1) for c in ("label", "probability")]
-        writer.writerow(["path", "true_label"] + header)
-        for i in wrong:
-            cells = [(label_names[int(c)], f"{float(q):.4f}") for c, q in zip(top.indices[i], top.values[i])]
-            writer.writerow([out["paths"][i], label_names[int(out["labels"][i])]] + [v for cell in cells for v in cell])
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            writer = csv.writer(f)
+            header = [f"top{j}_{c}" for j in range(1, k + 1) for c in ("label", "probability")]
+            writer.writerow(["path", "true_label"] + header)
+            for i in wrong:
+                cells = [(label_names[int(c)], f"{float(q):.4f}") for c, q in zip(top.indices[i], top.values[i])]
+                writer.writerow([out["paths"][i], label_names[int(out["labels"][i])]]
+                                + [v for cell in cells for v in cell])
+
+    write_atomic(path, write)
     return len(wrong)
 
 

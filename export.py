@@ -30,8 +30,8 @@ import torch
 
 from evaluation import forward_windows
 from evaluation.classifier import Classifier
-from evaluation.export import FORMATS, ExportError, write_atomic, write_export_json
-from experiment.checkpoint import CheckpointError
+from evaluation.export import FORMATS, ExportError, write_export_json
+from experiment.checkpoint import CheckpointError, write_atomic
 from experiment.model_card import metrics_summary, read_metrics
 
 EXPORT_BATCH = 2  # batch size of the example input used for the export; parity runs another size

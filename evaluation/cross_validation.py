@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from data.index import DataError
 from evaluation.metrics import close, plot_confusion_matrix
+from experiment.checkpoint import write_atomic
 
 
 class CrossValidationError(DataError):
@@ -144,10 +144,7 @@ def summarize_folds(run_dirs, out_dir, split: str = "test") -> dict:
     summary["png"] = str(out_dir / "confusion_matrix_cv.png")
     fig.savefig(summary["png"])
     close(fig)
-    path = out_dir / "cv_summary.json"
-    tmp = path.with_name(f".cv_summary.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
+    write_atomic(out_dir / "cv_summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     return summary
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from experiment.checkpoint import CheckpointError
+from experiment.checkpoint import CheckpointError, write_atomic
 
 EXPORT_JSON = "export.json"
 ONNX_OPSET = 18  # what the torch.export-based exporter writes natively (>= 17 has STFT); onnxruntime >= 1.14 runs it
@@ -116,17 +115,6 @@ FORMATS = {
     "onnx": ExportFormat("model.onnx", save_onnx, lambda path, device: OnnxNetwork(path)),
     "torchscript": ExportFormat("model.torchscript", save_torchscript, load_torchscript),
 }
-
-
-def write_atomic(path: Path, write: Callable[[Path], object]):
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``; returns what it returned."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        out = write(tmp)
-        os.replace(tmp, path)
-        return out
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_export_json(folder: Path, spec: dict) -> Path:

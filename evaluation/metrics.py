@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score  # noqa: E402
+
+from experiment.checkpoint import write_atomic  # noqa: E402
 
 
 # Bootstrap settings of every reported interval (classification_metrics): fixed, so reruns agree.
@@ -140,9 +141,7 @@ def save_report(run_dir, split: str, metrics: dict, label_names: list[str], titl
     except (OSError, ValueError):
         data = {}
     data[split] = {k: v for k, v in metrics.items() if k != "report"} | {"label_names": label_names} | (extra or {})
-    tmp = path.with_name(f".metrics.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
     return png, fig
 
 

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file and the fix."""
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]):
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``; returns what it returned.
+    Readers see the old file or the new one, never half of one; the temp file never outlives the call.
+    Errors of ``write`` or of the rename propagate."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        out = write(tmp)
+        os.replace(tmp, path)
+        return out
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(state: dict, path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import platform
 import sys
 from collections import Counter
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from experiment.checkpoint import load_checkpoint
+from experiment.checkpoint import load_checkpoint, write_atomic
 
 CARD = "README.md"
 GTZAN_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
@@ -289,12 +288,7 @@ def write_model_card(run_dir) -> Path:
     state = load_checkpoint(run_dir / "best.pt")
     text = render_model_card(run_dir, state, read_metrics(run_dir), read_history(run_dir / "history.csv"))
     path = run_dir / CARD
-    tmp = path.with_name(f".{CARD}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 

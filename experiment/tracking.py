@@ -16,6 +16,8 @@ import csv
 import os
 from pathlib import Path
 
+from experiment.checkpoint import write_atomic
+
 MODES = ("", "cloud", "local", "offline", "disabled")
 
 
@@ -118,13 +120,15 @@ class Tracker:
         keys = list(dict.fromkeys(k for row in self.history for k in row))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "history.csv"
-        tmp = path.with_name(f".history.csv.{os.getpid()}.tmp")
-        try:
+
+        def write(tmp: Path) -> None:
             with open(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=keys)
                 writer.writeheader()
                 writer.writerows(self.history)
-            os.replace(tmp, path)
+
+        try:
+            write_atomic(path, write)
         except OSError as err:
             print(f"warning: could not write {path} ({err})")
 
