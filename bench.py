@@ -63,7 +63,7 @@ from data import prepare_data
 from data.audio import sf_path
 from data.dataset import ClipDataset, EpochSampler, collate_clips
 from data.demo import make_demo_dataset
-from data.features import build_features, normalisation_for, window_frames
+from data.features import build_frontend, build_input_transform, normalisation_for, window_frames
 from experiment.config import literal_config
 from models import BACKBONES, resolve_frontend
 from experiment.engine import (EpochTotals, PendingSteps, Runtime, build_model_and_optimizer, loader_settings, mixup,
@@ -302,15 +302,15 @@ def bench_backbones(args) -> dict:
 
 def load_bench_data(cfg: dict, device: torch.device) -> BenchData:
     """The training split of ``cfg["data_root"]`` with every spectrogram cached, normalised on itself."""
-    logmel, _ = build_features(cfg)
-    data = prepare_data(cfg, logmel, num_workers=torch.multiprocessing.cpu_count() or 1, show_progress=False)
+    frontend = build_frontend(cfg)
+    data = prepare_data(cfg, frontend, num_workers=torch.multiprocessing.cpu_count() or 1, show_progress=False)
     part = data.splits["train"]
     paths, labels, entries = list(part.path), [int(y) for y in part.y], list(part.entry)
-    norm = normalisation_for(cfg, (data.cache.get(p, e) for p, e in zip(paths, entries)), logmel)
+    norm = normalisation_for(cfg, (data.cache.get(p, e) for p, e in zip(paths, entries)), frontend)
     mean, std = norm["mean"], norm["std"]
-    _, augmented = build_features(cfg, mean, std, build_augment(cfg))
-    _, plain = build_features(cfg, mean, std)
-    clip_frames, _ = window_frames(cfg, logmel)
+    augmented = build_input_transform(cfg, frontend, mean, std, build_augment(cfg))
+    plain = build_input_transform(cfg, frontend, mean, std)
+    clip_frames, _ = window_frames(cfg, frontend)
     dataset = ClipDataset(paths, labels, data.cache, clip_frames, cfg["seed"], entries=entries)
     return BenchData(dataset, paths, labels, len(data.label_names), augmented.to(device).train(),
                      plain.to(device).train(), sum(Path(e).stat().st_size for e in entries), data.cache.dir)

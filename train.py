@@ -41,7 +41,7 @@ from augment import build_augment
 from data import DataError, find_data_root, prepare_data
 from data.dataset import ClipDataset, EpochSampler, TrackDataset, collate_clips, collate_tracks
 from data.demo import make_demo_dataset
-from data.features import build_features, normalisation_for, window_frames
+from data.features import build_features, build_input_transform, normalisation_for, window_frames
 from evaluation import predict_tracks, track_loss
 from evaluation.cross_validation import fold_finished, fold_run_dirs, format_summary, summarize_folds
 from evaluation.metrics import (BOOTSTRAP_RESAMPLES, classification_metrics, close, interval_text,
@@ -377,7 +377,7 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     if cfg["pretrained"] and not resumed and main_rank:
         find_data_root(cfg["data_root"])  # a missing dataset is reported first
         fetch_weights(cfg)
-    frontend, _ = build_features(cfg)
+    frontend, _ = build_features(cfg)  # also checks the layout and normalisation before minutes of features
     if main_rank:
         print(f"front end ({cfg['arch']}): {describe_frontend(cfg)}", flush=True)
     prepared = prepare_data(cfg, frontend, main_rank, functools.partial(distributed.barrier, dist),
@@ -387,7 +387,7 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     train = prepared.splits["train"]
     norm = resumed["features"]["norm"] if resumed else normalisation_for(
         cfg, (prepared.cache.get(p, e) for p, e in zip(train.path, train.entry)), frontend)
-    _, input_transform = build_features(cfg, norm["mean"], norm["std"], build_augment(cfg))
+    input_transform = build_input_transform(cfg, frontend, norm["mean"], norm["std"], build_augment(cfg))
     input_transform = input_transform.to(runtime.device)
     clip_frames, hop_frames = window_frames(cfg, frontend)
     splits, cache = prepared.splits, prepared.cache

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from torch import nn
 
 from data.cache import FeatureCache
-from data.features import LogMel
 from data.index import DataError, Index, find_data_root, load_or_build_index, read_index, warn_skipped
 from data.splits import GROUP, assign_groups, split_tracks
 from data.splits import label_names as sorted_label_names
@@ -47,10 +47,10 @@ class PreparedData:
                 for name, part in self.splits.items()}
 
 
-def prepare_data(cfg: dict, logmel: LogMel, is_main: bool = True, barrier=lambda: None,
+def prepare_data(cfg: dict, frontend: nn.Module, is_main: bool = True, barrier=lambda: None,
                  label_names: list[str] | None = None, num_workers: int = 0, show_progress: bool = True,
                  index: Index | None = None) -> PreparedData:
-    """Index ``cfg["data_root"]``, split it, and cache every clip's features, computed by ``logmel`` (any
+    """Index ``cfg["data_root"]``, split it, and cache every clip's features, computed by ``frontend`` (any
     front end of ``data.frontends``, e.g. from ``data.features.build_features``).
 
     Rank 0 (``is_main``) writes the index and fills the cache while the other ranks wait at ``barrier``;
@@ -87,7 +87,7 @@ def prepare_data(cfg: dict, logmel: LogMel, is_main: bool = True, barrier=lambda
         raise DataError(f"split={cfg.get('split')} has no training part; it is for evaluate.py. Train with "
                         "split=tutorial, stratified or fault_filtered.")
 
-    cache = FeatureCache(cfg["cache_dir"], logmel)
+    cache = FeatureCache(cfg["cache_dir"], frontend)
     paths = sorted({p for part in splits.values() for p in part.path})
     if is_main:
         entries, errors = cache.build(paths, num_workers, show_progress)
