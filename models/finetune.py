@@ -9,10 +9,7 @@ import torch
 from torch import nn
 
 from models.registry import BACKBONES, get_backbone
-
-
-def _is_head(name: str, head: tuple[str, ...]) -> bool:
-    return any(name == h or name.startswith(h + ".") for h in head)
+from models.weights import in_modules
 
 
 def head_parameter_names(model: nn.Module, arch: str) -> list[str]:
@@ -21,7 +18,7 @@ def head_parameter_names(model: nn.Module, arch: str) -> list[str]:
     Raises ValueError when ``model`` has none (it is not an ``arch`` model, or it is wrapped).
     """
     head = get_backbone(arch).head
-    names = [n for n, _ in model.named_parameters() if _is_head(n, head)]
+    names = [n for n, _ in model.named_parameters() if in_modules(n, head)]
     if not names:
         raise ValueError(f"the model has no parameters under {', '.join(head)} (the {arch} head): pass the "
                          f"bare {arch} model, not a wrapped one or another arch")
@@ -45,7 +42,7 @@ def freeze_backbone(model: nn.Module, arch: str) -> list[str]:
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _is_head(name, head):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not in_modules(name, head):
             module.register_forward_pre_hook(_keep_eval)
     return trainable
 

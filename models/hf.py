@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from huggingface_hub import constants
 from torch import nn
 
-from models.weights import PretrainedWeightsError, key_list, offline_message, reachable
+from models.weights import PretrainedWeightsError, in_modules, key_list, offline_message, reachable
 
 
 @dataclass(frozen=True)
@@ -157,19 +157,16 @@ def load_pretrained(entry, num_classes: int, weights=None) -> nn.Module:
     return model.train()
 
 
-def _is_head(key: str, head: tuple[str, ...]) -> bool:
-    return any(key == h or key.startswith(h + ".") for h in head)
-
-
 def check_loading_info(info: dict, spec: HFSpec, source: str) -> None:
     """Accept ``from_pretrained``'s loading report only when the head is the sole new part.
 
     Allowed: missing or re-initialised (size-mismatched) keys of ``spec.head``, unexpected keys under
     ``spec.ignore_unexpected``. Raises PretrainedWeightsError naming every other key.
     """
-    missing = [k for k in info["missing_keys"] if not _is_head(k, spec.head)]
+    missing = [k for k in info["missing_keys"] if not in_modules(k, spec.head)]
     unexpected = [k for k in info["unexpected_keys"] if not k.startswith(spec.ignore_unexpected)]
-    mismatched = [f"{k} {tuple(a)} -> {tuple(b)}" for k, a, b in info["mismatched_keys"] if not _is_head(k, spec.head)]
+    mismatched = [f"{k} {tuple(a)} -> {tuple(b)}" for k, a, b in info["mismatched_keys"]
+                  if not in_modules(k, spec.head)]
     if missing or unexpected or mismatched or info["error_msgs"]:
         raise PretrainedWeightsError(
             f"{source} does not fit {spec.model_class}: only the classification head ({', '.join(spec.head)}) may "

@@ -57,6 +57,13 @@ def key_list(keys, limit: int = 12) -> str:
     return "[" + ", ".join(keys[:limit]) + more + "]"
 
 
+def in_modules(key: str, modules: tuple[str, ...]) -> bool:
+    """Whether a parameter or state-dict ``key`` (``fc.weight``) belongs to one of ``modules`` (dotted module
+    names, e.g. a backbone's head ``("fc",)``): the name itself or anything under it, never a mere prefix
+    (``fc1.weight`` is not under ``fc``)."""
+    return any(key == m or key.startswith(m + ".") for m in modules)
+
+
 def hub_file(file_name: str) -> str:
     """Where torch hub caches a downloaded weights file: ``$TORCH_HOME/hub/checkpoints/<file_name>``."""
     return os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
