@@ -72,9 +72,13 @@ def hub_dataset(label_names: list[str]) -> str | None:
     return "marsyas/gtzan" if sorted(label_names) == GTZAN_GENRES else None
 
 
-def class_counts(splits: dict | None, label_names: list[str]) -> dict[str, Counter]:
-    """{split: Counter(label: tracks)} from the checkpoint's track lists (paths relative to data_root, whose
-    first folder is the label); tracks outside a label folder count as ``?``."""
+def class_counts(splits: dict | None, label_names: list[str], record: dict | None = None) -> dict[str, Counter]:
+    """{split: Counter(label: tracks)}: the exact counts of the checkpoint's split ``record`` (``split_record``,
+    saved since group-aware splits) when given, else read from its track lists (paths relative to data_root,
+    whose first folder is the label), where tracks outside a label folder (a CSV index) count as ``?``."""
+    if record and all("class_counts" in part for part in record.values()):
+        return {split: Counter({n: c for n, c in part["class_counts"].items() if c}) for split, part in record.items()}
+
     def label(path: str) -> str:
         folder = Path(path).parts[0] if Path(path).parts else ""
         return folder if folder in label_names else "?"
@@ -144,7 +148,7 @@ def results_section(state: dict, summary: dict, run_dir: Path) -> list[str]:
 def data_section(state: dict, dataset: str) -> list[str]:
     """Markdown lines: dataset, labels, split protocol and tracks per class and split."""
     cfg, names = state["config"], state["label_names"]
-    counts = class_counts(state.get("splits"), names)
+    counts = class_counts(state.get("splits"), names, state.get("split_record"))
     groups = group_lines(state)
     protocol = SPLIT_PROTOCOLS.get(f"{cfg.get('split')}{'+groups' if groups else ''}",
                                    SPLIT_PROTOCOLS.get(cfg.get("split"), "split={split}, random_state={split_seed}"))

@@ -16,7 +16,7 @@ import yaml
 from conftest import GTZAN_MINI, write_wav
 from evaluation.classifier import Classifier
 from evaluation.export import FORMATS, ExportError, read_export
-from experiment.model_card import write_model_card
+from experiment.model_card import class_counts, write_model_card
 
 import export  # the scripts at the repository root (conftest puts it on sys.path)
 import predict
@@ -155,3 +155,12 @@ def test_model_card_tells_the_runs_story(run, clf):
         assert f"python {command} {run.as_posix()}" in body
     assert f"torch {torch.__version__}" in body and '"n_mels": 32' in body  # environment, full config
     assert body.count("\n| 1 |") + body.count("\n| 2 |") == 2  # history.csv: one row per epoch
+
+
+def test_model_card_counts_classes_from_the_split_record_when_paths_do_not_name_them():
+    splits = {"train": ["0_george_1.wav", "1_george_2.wav", "1_lucas_3.wav"], "test": ["0_jackson_4.wav"]}
+    names = ["0", "1"]
+    assert class_counts(splits, names) == {"train": {"?": 3}, "test": {"?": 1}}  # a flat folder indexed by a CSV
+    record = {"train": {"tracks": splits["train"], "groups": ["george", "lucas"], "class_counts": {"0": 1, "1": 2}},
+              "test": {"tracks": splits["test"], "groups": ["jackson"], "class_counts": {"0": 1, "1": 0}}}
+    assert class_counts(splits, names, record) == {"train": {"0": 1, "1": 2}, "test": {"0": 1}}
