@@ -21,9 +21,10 @@ split) for every measurement:
         with the tutorial.
   (b) model-only training step (the limit): the engine's train_step (forward, mixup cross-entropy, backward,
       AdamW) on one fixed batch of (a, ours), after mixup, already on the device.
-  (c) full training step: train.py's loop body: next batch from our loader, per-step reseed, prepare_batch
-      (copy to the device, MelImage with augmentation), mixup, and the same train_step on a model built the
-      same way (the engine's build_model_and_optimizer).
+  (c) full training step: train.py's loop body at grad_accum_steps=1: next batch from our loader, per-step
+      reseed, prepare_batch (copy to the device, the input transform with augmentation), mixup, and the same
+      train_step (train.py runs its two halves, backward and optimizer_step, to allow accumulation) on a
+      model built the same way (the engine's build_model_and_optimizer).
 (b) and (c) share batch size, precision (AMP on CUDA) and memory format (channels_last on CUDA) with train.py;
 CUDA work is synchronised before each clock reading.
 

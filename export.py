@@ -4,9 +4,10 @@
     python export.py runs/<experiment>/best.pt --format torchscript --out my_model/
     python predict.py runs/<experiment>/export_onnx song.mp3        # the exported folder alone (onnxruntime)
 
-Exported: the network only, float32 [batch, 3, resize, resize] (the input transform's output) -> logits
-[batch, num_classes], with a dynamic batch axis. The front end (decode, resample, STFT/log-mel) and the
-input transform (normalise, resize, 3 channels) stay outside the graph; export.json beside the network
+Exported: the network only, the input transform's output (float32 [batch, 3, resize, resize] for an ImageNet
+CNN, [batch, 1, n_mels, frames] for CNN14 and AST, [batch, 1, 1, samples] for the wav2vec2 family) -> logits
+[batch, num_classes], with a dynamic batch axis. The front end (decode, resample, STFT/log-mel/fbank) and the
+input transform (normalise; for images resize and 3 channels) stay outside the graph; export.json beside the network
 holds their parameters (the checkpoint's config and features.norm), the label names, the window and hop,
 the backbone and the run's metrics. Classifier.from_export (and predict.py / app.py on the folder)
 rebuilds them exactly as from the checkpoint, so an export gives the checkpoint's predictions.

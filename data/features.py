@@ -126,9 +126,8 @@ class InputTransform(nn.Module):
 class MelImage(InputTransform):
     """Mel spectrogram crop(s) -> 3-channel image for an ImageNet CNN (``input_layout="image"``).
 
-    Steps: SpecAugment (``module.training`` and ``augment`` given; masks filled with ``mean``, i.e. 0 after
-    normalisation) -> ``(x - mean) / std`` -> (power recipe: ``clamp(min=0)``) -> resize to
-    ``resize`` x ``resize`` -> repeat to 3 channels.
+    Steps: :meth:`InputTransform.normalise` (SpecAugment in training mode, then ``(x - mean) / std``, or
+    per-clip) -> (power recipe: ``clamp(min=0)``) -> resize to ``resize`` x ``resize`` -> repeat to 3 channels.
 
     Input: float32 [1, n_mels, frames] (one item) or [B, 1, n_mels, frames] (a batch), on any device.
     Output: float32 [3, resize, resize] or [B, 3, resize, resize]. The batch path and the per-item path

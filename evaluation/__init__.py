@@ -25,11 +25,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 @torch.no_grad()
 def forward_windows(model: nn.Module, input_transform: nn.Module, windows: torch.Tensor, device: torch.device,
                     amp_dtype: torch.dtype | None = None, channels_last: bool = False, chunk: int = 64) -> torch.Tensor:
-    """Logits of spectrogram windows.
+    """Logits of front-end windows.
 
     Args:
-        input_transform: the MelImage that turns windows into model inputs [N, 3, H, W].
-        windows: float32 [N, 1, n_mels, W] (any device). ``chunk`` windows go through the model at a time.
+        input_transform: the run's input transform (data.features: MelImage -> images [N, 3, H, W],
+            SpectrogramInput -> [N, 1, n_mels, W], WaveformInput -> [N, 1, 1, samples]).
+        windows: float32 [N, 1, n_mels, W] or [N, 1, 1, samples] (any device). ``chunk`` windows go through
+            the model at a time.
     Returns:
         float32 [N, num_classes] on ``device``.
     """

@@ -5,7 +5,7 @@ An export folder (written by ``export.py``, read by :meth:`evaluation.classifier
     model.onnx | model.torchscript   the network: input float32 [batch, C, H, W] (the input transform's
                                      output) -> logits float32 [batch, num_classes]; the batch axis is dynamic
     export.json                      format, backbone, label names, the training config (every front-end key),
-                                     ``features`` (LogMel parameters and normalisation), window and hop in
+                                     ``features`` (front-end parameters and normalisation), window and hop in
                                      frames, the run's metrics, and the parity measured at export
 
 The front end (decoding, resampling, STFT/log-mel) and the input transform (normalise, resize, channels)

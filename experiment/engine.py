@@ -2,10 +2,11 @@
 DataLoader settings, model + optimiser + scaler construction, batch preparation on the device, mixup, the
 optimisation step, and the per-step scalars read back every few steps.
 
-One step, as both scripts run it (train.py adds the checks between steps)::
+One step, as bench.py runs it (train.py runs train_step's halves, backward per micro-batch and
+optimizer_step per ``grad_accum_steps``, and adds the checks between steps)::
 
     torch.manual_seed(step_seed(seed, rank, epoch, step))
-    x, y = prepare_batch(x, y, runtime, input_transform)     # device, MelImage, channels_last
+    x, y = prepare_batch(x, y, runtime, input_transform)     # device, input transform, channels_last
     logits, loss = train_step(model, optimizer, scaler, *mixup(x, y, alpha), runtime)
     pending.add(step, logits, loss, y)                       # read back every runtime.sync_every steps
 """
@@ -129,12 +130,14 @@ def prepare_batch(x: torch.Tensor, y: torch.Tensor, runtime: Runtime, input_tran
     """A collated batch, ready for the model on the runtime's device.
 
     Args:
-        x: float32 [B, 1, n_mels, frames] spectrogram crops, or [B, 3, H, W] images when the DataLoader
+        x: float32 [B, 1, n_mels, frames] (or [B, 1, 1, samples]) crops, or model inputs when the DataLoader
             workers made them (``features_on=item``: pass no ``input_transform``); y: long [B] labels.
-        input_transform: the MelImage (augmentation in train mode, normalisation, resize, 3 channels),
-            run without gradients.
+        input_transform: the run's input transform (data.features: augmentation in train mode,
+            normalisation, and the layout's shaping, e.g. MelImage's resize to 3 channels), run without
+            gradients.
     Returns:
-        (x float [B, 3, H, W] in channels_last when the runtime uses it, y long [B]), on the device.
+        (x, the model input, e.g. float [B, 3, H, W] in channels_last when the runtime uses it; y long [B]),
+        on the device.
     """
     x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
     if input_transform is not None:
