@@ -35,6 +35,11 @@ SPLIT_PROTOCOLS = {
     "fault_filtered": "the artist-filtered, fault-filtered GTZAN split of Kereliuk, Sturm & Larsen (2015) "
                       "(443/197/290 tracks); the checkpoint is chosen on val, test is held out",
 }
+# front end -> (what the card's first line says the network reads, its Hub tags)
+INPUTS = {"logmel": ("log-mel spectrogram images", ["log-mel", "spectrogram"]),
+          "panns_logmel": ("PANNs log-mel spectrograms", ["log-mel", "spectrogram"]),
+          "kaldi_fbank": ("Kaldi fbank spectrograms", ["fbank", "spectrogram"]),
+          "waveform": ("raw waveforms", ["waveform"])}
 KEY_CONFIG = ("arch", "pretrained", "sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "scale",
               "top_db", "clip_seconds", "eval_hop_seconds", "resize", "augment", "mixup_alpha", "batch_size",
               "learning_rate", "weight_decay", "num_epochs", "warmup_epochs", "lr_step_size", "lr_gamma", "seed",
@@ -85,6 +90,11 @@ def class_counts(splits: dict | None, label_names: list[str], record: dict | Non
     return {split: Counter(label(p) for p in paths) for split, paths in (splits or {}).items()}
 
 
+def input_of(cfg: dict) -> tuple[str, list[str]]:
+    """(words for what the network reads, Hub tags) of the run's front end (``logmel`` for older configs)."""
+    return INPUTS.get(cfg.get("frontend", "logmel"), ("spectrograms", ["spectrogram"]))
+
+
 def percent(x) -> str:
     """A fraction as a percentage with one decimal: ``0.8333`` -> ``83.3%``."""
     return f"{100 * float(x):.1f}%"
@@ -116,7 +126,7 @@ def front_matter(state: dict, summary: dict, dataset: str) -> str:
                             dataset=dict(name=dataset, type=hub or dataset,
                                          split=split), metrics=metrics))
     meta = dict(library_name="pytorch", pipeline_tag="audio-classification",
-                tags=["audio-classification", "log-mel", "spectrogram", cfg.get("arch", "model"), "mel-classifier"])
+                tags=["audio-classification", *input_of(cfg)[1], cfg.get("arch", "model"), "mel-classifier"])
     if hub:
         meta["datasets"] = [hub]
     meta["metrics"] = ["accuracy", "f1"]
@@ -262,8 +272,8 @@ def render_model_card(run_dir: Path, state: dict, metrics: dict, history: list[d
     tracked = (f" SwanLab: project `{state['swanlab_project']}`, experiment `{name}`."
                if state.get("swanlab_project") and cfg.get("swanlab_mode") != "disabled" else "")
     intro = (f"# {name}\n\nAn audio classifier for {len(names)} classes of {dataset} "
-             f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}): a `{cfg.get('arch')}` on log-mel "
-             f"spectrogram images, trained for {cfg.get('num_epochs', '?')} epochs with the mel-classifier trainer "
+             f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}): a `{cfg.get('arch')}` on "
+             f"{input_of(cfg)[0]}, trained for {cfg.get('num_epochs', '?')} epochs with the mel-classifier trainer "
              f"(`train.py`); `best.pt` holds epoch {state.get('epoch', '?')}. Every number below comes from this "
              f"folder's files.{tracked}\n")
     files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))

@@ -16,7 +16,7 @@ import yaml
 from conftest import GTZAN_MINI, write_wav
 from evaluation.classifier import Classifier
 from evaluation.export import FORMATS, ExportError, read_export
-from experiment.model_card import class_counts, write_model_card
+from experiment.model_card import class_counts, input_of, write_model_card
 
 import export  # the scripts at the repository root (conftest puts it on sys.path)
 import predict
@@ -164,3 +164,10 @@ def test_model_card_counts_classes_from_the_split_record_when_paths_do_not_name_
     record = {"train": {"tracks": splits["train"], "groups": ["george", "lucas"], "class_counts": {"0": 1, "1": 2}},
               "test": {"tracks": splits["test"], "groups": ["jackson"], "class_counts": {"0": 1, "1": 0}}}
     assert class_counts(splits, names, record) == {"train": {"0": 1, "1": 2}, "test": {"0": 1}}
+
+
+def test_model_card_names_the_input_of_each_front_end():
+    assert input_of({"arch": "resnet18"}) == ("log-mel spectrogram images", ["log-mel", "spectrogram"])  # older config
+    assert input_of({"frontend": "panns_logmel"})[0] == "PANNs log-mel spectrograms"
+    assert input_of({"frontend": "kaldi_fbank"})[0] == "Kaldi fbank spectrograms"
+    assert input_of({"frontend": "waveform"}) == ("raw waveforms", ["waveform"])
