@@ -68,8 +68,9 @@ class InputTransform(nn.Module):
     With ``mask_fill="bin_mean"`` (the front end's choice: ``panns_logmel``, whose network normalises with its
     own ``bn0``) masks are filled with each mel bin's mean over the batch and its frames instead, the value the
     official CNN14 masks with (0 after ``bn0``); a single item uses its own frames.
-    (``kaldi_fbank`` is a natural log: RandomGain's ``10 * log10(g)`` step is 4.3 times ``ln(g)`` there, so
-    AST's recipe, masks only, leaves noise and gain off.)
+    The augmentation reads the front end's ``units`` (augment/base.py: dB, natural log, power or waveform), so a
+    gain or a background is the same sound change whatever the front end; it may make crops narrower
+    (``time_stretch`` takes wider crops in, ``augment.input_frames``).
     With ``per_clip`` each example's own mean is removed first, masks are filled with 0 (that mean), and the
     result is divided by ``sqrt(var + 1e-7)`` of the un-augmented example (``mean``/``std`` are unused;
     a power-scale random gain then scales around the clip's mean).
@@ -165,8 +166,9 @@ class SpectrogramInput(InputTransform):
 class WaveformInput(InputTransform):
     """Waveform crop(s) for the wav2vec2 family (``input_layout="waveform"``), optionally normalised.
 
-    SpecAugment masks, noise and gain are spectrogram augmentations: ``augment`` is ignored for raw
-    waveforms (mixup still applies in the training loop). ``per_clip`` is Wav2Vec2FeatureExtractor's
+    ``augment`` applies only when it was built for waveforms (``units == "wave"``: speed copies, reverb,
+    background and gain, see ``augment``); a spectrogram augmentation (masks, warps) is dropped. Mixup still
+    applies in the training loop. ``per_clip`` is Wav2Vec2FeatureExtractor's
     ``do_normalize=True`` (``(x - mean) / sqrt(var + 1e-7)``), over the whole window including any zero
     padding of a short clip (the extractor skips padding through its attention mask).
 
@@ -177,7 +179,8 @@ class WaveformInput(InputTransform):
 
     def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False,
                  mask_fill: str = "mean"):
-        super().__init__(None, mean, std, per_clip, mask_fill)
+        super().__init__(augment if getattr(augment, "units", None) == "wave" else None, mean, std, per_clip,
+                         mask_fill)
 
 
 # input_layout -> transform class (with ``from_config`` and the ``frontends`` it takes): a new layout is one entry.

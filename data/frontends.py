@@ -20,14 +20,17 @@ Each backbone is fine-tuned on the input it was pretrained on, so the front end 
 Every front end has the same small interface: ``params()`` (everything that determines the output: the
 cache key and the checkpoint's record), ``num_frames(num_samples)``, ``seconds_to_frames(seconds)``,
 ``frames_per_second``, ``hop_length`` (samples per frame), ``pad_value`` (None: the clip's minimum),
-``auto_normalization`` (what ``normalization="auto"`` means for it) and ``mask_fill`` (what SpecAugment
-masks are filled with: ``"mean"``, the normalisation mean, or ``"bin_mean"``, each mel bin's batch mean). Frames run along the last axis, so the
+``auto_normalization`` (what ``normalization="auto"`` means for it), ``mask_fill`` (what SpecAugment
+masks are filled with: ``"mean"``, the normalisation mean, or ``"bin_mean"``, each mel bin's batch mean),
+``units`` (``db``, ``ln``, ``power`` or ``wave``: how augmentation reads power from it, augment/base.py) and, for
+the mel front ends, ``mel_axis()`` (band centres, for the mel-axis warps). Frames run along the last axis, so the
 cache, random crops and evaluation windows work unchanged for all of them. A new front end is one class
 and one entry in :data:`FRONTENDS`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,49 @@ from torch import nn
 from experiment.config import ConfigError
 
 SCALES = ("db", "power")
+
+
+@dataclass(frozen=True)
+class MelAxis:
+    """The frequency axis of a mel spectrogram: ``n_mels`` triangular bands whose centres are equally spaced on
+    the ``scale`` ("htk": 2595 log10(1 + f/700), also Kaldi's 1127 ln(1 + f/700); "slaney": linear below 1 kHz,
+    logarithmic above, librosa's default) between ``f_min`` and ``f_max`` Hz, as torchaudio's ``melscale_fbanks``
+    and Kaldi's ``get_mel_banks`` lay them out (n_mels + 2 equally spaced mel points, the inner ones centres)."""
+    n_mels: int
+    f_min: float
+    f_max: float
+    scale: str = "htk"
+
+    def hz_to_mel(self, f: torch.Tensor) -> torch.Tensor:
+        if self.scale == "htk":
+            return 2595.0 * torch.log10(1.0 + f / 700.0)
+        f_sp, min_log_hz = 200.0 / 3, 1000.0  # librosa / torchaudio's Slaney formula
+        min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+        return torch.where(f >= min_log_hz, min_log_mel + torch.log(f.clamp(min=1e-6) / min_log_hz) / logstep,
+                           f / f_sp)
+
+    def mel_to_hz(self, m: torch.Tensor) -> torch.Tensor:
+        if self.scale == "htk":
+            return 700.0 * (torch.pow(10.0, m / 2595.0) - 1.0)
+        f_sp, min_log_hz = 200.0 / 3, 1000.0
+        min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+        return torch.where(m >= min_log_mel, min_log_hz * torch.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+    def _mel_grid(self) -> tuple[float, float]:
+        lo = float(self.hz_to_mel(torch.tensor(self.f_min, dtype=torch.float64)))
+        hi = float(self.hz_to_mel(torch.tensor(self.f_max, dtype=torch.float64)))
+        return lo, (hi - lo) / (self.n_mels + 1)
+
+    def centres(self) -> torch.Tensor:
+        """Centre frequency of each band, Hz: float64 [n_mels]."""
+        lo, step = self._mel_grid()
+        return self.mel_to_hz(lo + step * torch.arange(1, self.n_mels + 1, dtype=torch.float64))
+
+    def hz_to_bin(self, f: torch.Tensor) -> torch.Tensor:
+        """Fractional band index (0 = the first band's centre) of frequencies ``f`` in Hz (same shape)."""
+        lo, step = self._mel_grid()
+        return (self.hz_to_mel(f.to(torch.float64)) - lo) / step - 1.0
+
 
 
 def _pad_to(waveform: torch.Tensor, length: int) -> torch.Tensor:
@@ -115,6 +161,14 @@ class LogMel(_CentredStft):
         """``normalization="auto"``: training-set statistics for dB, none for the tutorial's power mel."""
         return "train" if self.scale == "db" else "none"
 
+    @property
+    def units(self) -> str:
+        return "db" if self.scale == "db" else "power"
+
+    def mel_axis(self) -> MelAxis:
+        """torchaudio's HTK mel bands between f_min and f_max (default Nyquist)."""
+        return MelAxis(self.n_mels, self.f_min, float(self.f_max or self.sample_rate / 2), "htk")
+
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         mel = self.mel(_pad_to(waveform, self.n_fft))
         return self.to_db(mel) if self.to_db is not None else mel
@@ -157,6 +211,12 @@ class PannsLogMel(_CentredStft):
         self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, win_length=n_fft, hop_length=hop_length,
                                     f_min=f_min, f_max=f_max, n_mels=n_mels, window_fn=torch.hann_window, power=2.0,
                                     center=True, pad_mode="reflect", norm="slaney", mel_scale="slaney")
+
+    units = "db"
+
+    def mel_axis(self) -> MelAxis:
+        """librosa's Slaney mel bands between f_min and f_max (default Nyquist)."""
+        return MelAxis(self.n_mels, self.f_min, float(self.f_max or self.sample_rate / 2), "slaney")
 
     @classmethod
     def from_config(cls, cfg: dict) -> "PannsLogMel":
@@ -217,6 +277,12 @@ class KaldiFbank(nn.Module):
                                  f"rounds to {int(sample_rate * ms * 0.001)} samples; use a whole number of "
                                  f"milliseconds (AST: n_fft=400, hop_length=160 at 16000 Hz)")
 
+    units = "ln"  # natural log of the filter-bank energies
+
+    def mel_axis(self) -> MelAxis:
+        """Kaldi's mel bands (1127 ln(1 + f/700), the HTK scale) between low_freq and high_freq."""
+        return MelAxis(self.n_mels, self.f_min, float(self.f_max or self.sample_rate / 2), "htk")
+
     @classmethod
     def from_config(cls, cfg: dict) -> "KaldiFbank":
         return cls(cfg["sample_rate"], cfg["n_fft"], cfg["hop_length"], cfg["n_mels"], cfg.get("f_min", 20.0),
@@ -266,6 +332,7 @@ class Waveform(nn.Module):
     hop_length = 1
     auto_normalization = "none"
     mask_fill = "mean"  # unused: waveforms are not masked
+    units = "wave"
 
     def __init__(self, sample_rate: int):
         super().__init__()
