@@ -87,3 +87,13 @@ def load_audio(path, sample_rate: int, min_seconds: float = MIN_SECONDS) -> torc
         raise AudioError(path, f"is only {samples.shape[0] / orig_rate:.3f} s long (at least {min_seconds} s needed)",
                          "use a longer recording")
     return resample(to_mono(samples), orig_rate, sample_rate)
+
+
+def change_speed(waveform: torch.Tensor, sample_rate: int, factor: float) -> torch.Tensor:
+    """Speed perturbation (Ko et al. 2015; Kaldi's ``perturb_data_dir_speed.sh`` with factors 0.9 and 1.1):
+    play ``waveform`` [..., T] at ``factor`` times its speed, tempo and pitch together, by resampling
+    (torchaudio ``functional.speed``). Returns [..., round(T / factor)] at the same ``sample_rate`` (Hz);
+    ``factor`` 1 returns the input."""
+    if factor == 1.0:
+        return waveform
+    return AF.speed(waveform, int(sample_rate), float(factor))[0]

@@ -9,6 +9,9 @@ An entry is ``<cache_dir>/features/<aa>/<sha1>.npy`` holding the front end's out
 * ``kaldi_fbank``: [n_mels, frames], AST's Kaldi log filter bank (natural log, mean-removed waveform);
 * ``waveform``: [1, samples], the decoded, mono, resampled waveform itself.
 
+Speed perturbation (``augment``'s ``speed`` entry) caches whole extra copies of a track played at another
+speed (``speed`` 0.9, 1.1, ...): their keys add the factor, so the ordinary entries keep their keys.
+
 The key hashes the file's absolute path, size and modification time with the front end's ``params()``
 (its name, sample_rate and every setting that changes its output; ``logmel``'s parameters are the ones
 this cache always used, so its old entries stay valid), so editing a file or a feature setting misses the
@@ -28,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.audio import AudioError, load_audio
+from data.audio import AudioError, change_speed, load_audio
 
 CACHE_VERSION = 1
 
@@ -56,36 +59,38 @@ class FeatureCache:
         """What crops and windows of a track shorter than them are padded with (None: the track's minimum)."""
         return self.logmel.pad_value
 
-    def entry(self, path: str) -> Path:
-        """Cache file for ``path``. Raises AudioError when ``path`` does not exist."""
+    def entry(self, path: str, speed: float = 1.0) -> Path:
+        """Cache file for ``path`` (played at ``speed``). Raises AudioError when ``path`` does not exist."""
         try:
             st = os.stat(path)
         except OSError:
             raise AudioError(path, "file not found",
                              "check the path, or rebuild the index with --rebuild_index=True") from None
-        blob = json.dumps([CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns, self.params])
+        key = [CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns, self.params]
+        blob = json.dumps(key if speed == 1.0 else key + [dict(speed=float(speed))])
         key = hashlib.sha1(blob.encode("utf-8", "surrogateescape")).hexdigest()
         return self.dir / key[:2] / f"{key}.npy"
 
-    def compute(self, path: str) -> np.ndarray:
-        """Front end of the whole decoded, mono, resampled file: float32 [n_mels, frames] ([1, samples] for
-        ``waveform``). Raises AudioError."""
+    def compute(self, path: str, speed: float = 1.0) -> np.ndarray:
+        """Front end of the whole decoded, mono, resampled file (played at ``speed``, data.audio.change_speed):
+        float32 [n_mels, frames] ([1, samples] for ``waveform``). Raises AudioError."""
+        rate = self.params["sample_rate"]
         with torch.no_grad():
-            return self.logmel(load_audio(path, self.params["sample_rate"])).numpy()
+            return self.logmel(change_speed(load_audio(path, rate), rate, speed)).numpy()
 
-    def get(self, path: str, entry: Path | None = None) -> np.ndarray:
+    def get(self, path: str, entry: Path | None = None, speed: float = 1.0) -> np.ndarray:
         """The cached features of ``path`` (see :meth:`compute`), computed and stored on a miss (or an
-        unreadable entry).
+        unreadable entry). ``entry``: its cache file when known (saves a stat).
 
         Raises:
             AudioError: the audio file is missing or cannot be decoded.
         """
-        entry = entry or self.entry(path)
+        entry = entry or self.entry(path, speed)
         try:
             return np.load(entry)
         except Exception:  # missing, truncated or foreign file: recompute
             pass
-        mel = self.compute(path)
+        mel = self.compute(path, speed)
         self._save(entry, mel)
         return mel
 
@@ -99,8 +104,10 @@ class FeatureCache:
             print(f"warning: could not write the feature cache entry {entry} ({err}); computing on the fly")
 
     def build(self, paths: list[str], num_workers: int = 0, show_progress: bool = True,
-              desc: str = "Computing spectrograms") -> tuple[list[Path | None], list[tuple[str, str]]]:
-        """Make sure every file has an entry, computing misses in ``num_workers`` processes with a progress bar.
+              desc: str = "Computing spectrograms", speed: float = 1.0
+              ) -> tuple[list[Path | None], list[tuple[str, str]]]:
+        """Make sure every file has an entry (of the copy played at ``speed``), computing misses in
+        ``num_workers`` processes with a progress bar.
 
         Returns:
             (entries, errors): ``entries[i]`` is the cache file of ``paths[i]`` or None when it failed;
@@ -108,7 +115,7 @@ class FeatureCache:
         """
         entries: list[Path | None] = [None] * len(paths)
         errors = []
-        loader = DataLoader(_BuildItems(self, paths), batch_size=None, num_workers=num_workers)
+        loader = DataLoader(_BuildItems(self, paths, speed), batch_size=None, num_workers=num_workers)
         with tqdm(total=len(paths), desc=desc, unit="clip", disable=not show_progress, leave=False) as bar:
             for i, entry, error in loader:
                 entries[i] = entry
@@ -117,12 +124,19 @@ class FeatureCache:
                 bar.update()
         return entries, errors
 
+    def build_speed_copies(self, paths: list[str], factors, num_workers: int = 0, show_progress: bool = True
+                           ) -> dict[float, list[Path | None]]:
+        """Entries of every file played at each speed of ``factors`` (the cached copies of speed perturbation),
+        built like :meth:`build`: {factor: entries, None where it failed}."""
+        return {f: self.build(paths, num_workers, show_progress, f"Speed copies x{f:g}", speed=f)[0]
+                for f in factors}
+
 
 class _BuildItems(Dataset):
     """Items for FeatureCache.build: (index, entry or None, error message or None)."""
 
-    def __init__(self, cache: FeatureCache, paths: list[str]):
-        self.cache, self.paths = cache, paths
+    def __init__(self, cache: FeatureCache, paths: list[str], speed: float = 1.0):
+        self.cache, self.paths, self.speed = cache, paths, speed
 
     def __len__(self):
         return len(self.paths)
@@ -130,9 +144,9 @@ class _BuildItems(Dataset):
     def __getitem__(self, i):
         path = self.paths[i]
         try:
-            entry = self.cache.entry(path)
+            entry = self.cache.entry(path, self.speed)
             if not entry.exists():
-                self.cache.get(path, entry)
+                self.cache.get(path, entry, self.speed)
             return i, entry, None
         except AudioError as err:
             return i, None, err.reason

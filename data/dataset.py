@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 
 from data.cache import FeatureCache
 from data.windows import cut_windows, random_crop
@@ -46,24 +46,44 @@ class _Tracks(Dataset):
 class ClipDataset(_Tracks):
     """Training items: a random ``clip_frames``-frame crop of each track.
 
-    ``dataset[(index, epoch)]`` (what :class:`EpochSampler` yields) draws the crop, and the augmentation of
-    ``input_transform`` when given, from ``(seed, epoch, index)``: identical for any number of workers and on resume.
-    ``dataset[index]`` means epoch 0.
+    ``dataset[(index, epoch)]`` (what :class:`EpochSampler` yields) draws the crop, the speed copy and the
+    augmentation of ``input_transform`` when given, from ``(seed, epoch, index)``: identical for any number of
+    workers and on resume. ``dataset[index]`` means epoch 0.
 
-    Returns ``(x, label)``: x float32 [1, n_mels, clip_frames], or the model input (e.g. [3, H, W]) when ``input_transform`` (e.g. a MelImage,
-    applied per item on the CPU) is given; label int. A clip that cannot be read returns :class:`Skipped`.
+    Speed perturbation: with ``speed_copies`` ({factor: cache entries of the tracks played at that speed, or
+    None}, from ``FeatureCache.build_speed_copies``), a crop comes with probability ``speed_p`` from one of those
+    copies (each factor equally likely; the original when that copy failed to decode), else from the original.
+
+    Returns ``(x, label)``: x float32 [1, n_mels, clip_frames], or the model input (e.g. [3, H, W]) when
+    ``input_transform`` (e.g. a MelImage, applied per item on the CPU) is given; label int. A clip that cannot be
+    read returns :class:`Skipped`.
     """
 
-    def __init__(self, paths, labels, cache, clip_frames: int, seed: int = 0, input_transform=None, entries=None):
+    def __init__(self, paths, labels, cache, clip_frames: int, seed: int = 0, input_transform=None, entries=None,
+                 speed_copies: dict | None = None, speed_p: float = 0.0):
         super().__init__(paths, labels, cache, entries)
         self.clip_frames, self.seed, self.input_transform = int(clip_frames), int(seed), input_transform
+        self.speed_copies = dict(speed_copies or {})
+        self.speed_factors, self.speed_p = sorted(self.speed_copies), float(speed_p) if speed_copies else 0.0
+
+    def load_copy(self, index: int, rng: np.random.Generator) -> np.ndarray | Skipped:
+        """The track, or with probability ``speed_p`` one of its speed copies (draws from ``rng`` only then)."""
+        if self.speed_p and rng.random() < self.speed_p:
+            factor = self.speed_factors[int(rng.integers(len(self.speed_factors)))]
+            entry = self.speed_copies[factor][index]
+            if entry is not None:
+                try:
+                    return self.cache.get(self.paths[index], entry, factor)
+                except Exception:  # the copy became unreadable: the original is still a valid crop
+                    pass
+        return self.load(index)
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        mel = self.load(index)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        mel = self.load_copy(index, rng)
         if isinstance(mel, Skipped):
             return mel
-        rng = np.random.default_rng([self.seed, epoch, index])
         x = torch.from_numpy(np.ascontiguousarray(random_crop(mel, self.clip_frames, rng, self.pad_value)))[None]
         if self.input_transform is not None:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -89,24 +109,47 @@ class TrackDataset(_Tracks):
         return cut_windows(mel, self.window_frames, self.hop_frames, self.pad_value), self.labels[index], index
 
 
+def class_balance_weights(labels) -> list[float]:
+    """Sampling weight of each clip for a class-balanced epoch: 1 / (clips of its class), so every class is
+    drawn equally often (the weights of ``WeightedRandomSampler``)."""
+    labels = np.asarray(labels)
+    counts = {y: int((labels == y).sum()) for y in np.unique(labels)}
+    return [1.0 / counts[y] for y in labels]
+
+
 class EpochSampler(Sampler):
     """Shuffled order of one epoch, sharded across ranks (torch's DistributedSampler with ``seed + epoch``;
     one rank when not distributed), yielded as ``(index, epoch)`` keys for :class:`ClipDataset`.
+
+    With ``weights`` (e.g. :func:`class_balance_weights`) an epoch is instead as many draws with replacement
+    from torch's ``WeightedRandomSampler`` (generator seeded with ``seed + epoch``), dealt out to the ranks in
+    turn: a class-balanced epoch of the same length.
 
     ``set_epoch(epoch, start)`` selects the epoch and skips its first ``start`` items, which is how a run
     resumed mid-epoch continues with exactly the batches it had not seen.
     """
 
-    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, weights=None):
         self.base = DistributedSampler(range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.base.set_epoch(epoch)
         self.epoch, self.start = epoch, start
 
+    def order(self) -> list[int]:
+        """This rank's indices of the current epoch."""
+        if self.weights is None:
+            return list(self.base)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = list(WeightedRandomSampler(self.weights, len(self.base) * self.world_size, replacement=True,
+                                           generator=generator))
+        return drawn[self.rank::self.world_size]
+
     def __iter__(self):
-        for i, index in enumerate(self.base):
+        for i, index in enumerate(self.order()):
             if i >= self.start:
                 yield index, self.epoch
 
