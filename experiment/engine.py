@@ -170,16 +170,19 @@ def train_step(model, optimizer, scaler, x, y_a, y_b, lam: float, runtime: Runti
     return logits, loss
 
 
-def backward(model, scaler, x, y_a, y_b, lam: float, runtime: Runtime, loss_scale: float = 1.0):
+def backward(model, scaler, x, y_a, y_b, lam: float, runtime: Runtime, loss_scale: float = 1.0,
+             label_smoothing: float = 0.0):
     """Forward (autocast when the runtime has an AMP dtype), mixup cross-entropy ``lam * CE(y_a) + (1 - lam) *
-    CE(y_b)``, and backward of ``loss * loss_scale`` through ``scaler``: the gradients add to those already in
+    CE(y_b)`` (with ``label_smoothing``, Szegedy et al. 2016: the target puts that much mass uniformly on all
+    classes), and backward of ``loss * loss_scale`` through ``scaler``: the gradients add to those already in
     the parameters (gradient accumulation passes ``loss_scale = 1 / micro-batches``).
 
     Args: x float [B, C, H, W] on the device; y_a, y_b long [B]. Returns (logits [B, K], the unscaled loss), not synced.
     """
     with autocast(runtime.device, runtime.amp_dtype):
         logits = model(x)
-        loss = lam * F.cross_entropy(logits, y_a) + (1 - lam) * F.cross_entropy(logits, y_b)
+        loss = (lam * F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
+                + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing))
     scaler.scale(loss * loss_scale).backward()
     return logits, loss
 
