@@ -37,9 +37,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from augment import build_augment
+from augment import AUGMENTATIONS, build_augment, speed_factors
+from augment import check_config as check_augment
 from data import DataError, find_data_root, prepare_data
-from data.dataset import ClipDataset, EpochSampler, TrackDataset, collate_clips, collate_tracks
+from data.cache import FeatureCache
+from data.dataset import (ClipDataset, EpochSampler, TrackDataset, class_balance_weights, collate_clips,
+                          collate_tracks)
 from data.demo import make_demo_dataset
 from data.features import build_features, build_input_transform, normalisation_for, window_frames
 from evaluation import predict_tracks, track_loss
@@ -49,6 +52,7 @@ from evaluation.metrics import (BOOTSTRAP_RESAMPLES, classification_metrics, clo
 from experiment import distributed
 from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from experiment.config import ConfigError, explicit_keys, format_help, key_comments, parse_config
+from experiment.ema import build_ema, ema_checkpoint, evaluated, restore_ema
 from experiment.engine import (MIN_BATCH_CLIPS, PendingSteps, Runtime, backward, build_model_and_optimizer,
                                loader_settings, mixup, optimizer_step, prepare_batch, setup_runtime, step_seed)
 from experiment.model_card import write_model_card
@@ -70,6 +74,7 @@ CONFIG = dict(
     group_pattern="",              # regex on the path, 1st capture group = group (speaker, artist); no group in two splits
     folds=0,                       # 0: off | K >= 2: K-fold cross-validation (group-, label-stratified) replaces split
     fold=-1,                       # -1: run the K folds one after another | i: fold i only (with experiment_name)
+    balanced_sampler=False,        # draw training clips class-balanced (WeightedRandomSampler, 1 / class count)
     # --- features ---
     sample_rate=22050,             # Hz; every file is down-mixed to mono and resampled to it
     n_fft=2048,                    # STFT size, samples
@@ -88,8 +93,25 @@ CONFIG = dict(
     normalization="auto",          # auto (train stats for dB log-mel, none for power) | train | fixed | none | per_clip
     norm_mean=0.0,                 # mean subtracted with normalization=fixed (AST: -4.2677393)
     norm_std=1.0,                  # std divided by with normalization=fixed (AST: 9.1379948)
-    # --- augmentation (training only) ---
-    augment=True,                  # SpecAugment masks, noise and gain
+    # --- augmentation (training only; each: a probability per clip and a strength; sources in augment/) ---
+    augment=True,                  # master switch of everything below but mixup
+    speed_p=0.0,                   # speed perturbation (Ko et al. 2015): a crop from a cached copy at 1 -/+ speed_factor
+    speed_factor=0.1,              # speed change of the two cached copies (Kaldi: 0.9 and 1.1)
+    time_stretch_p=0.0,            # time stretch without pitch change (spectrogram frames resampled)
+    time_stretch=0.2,              # largest rate change: rate ~ U(1 - x, 1 + x)
+    vtlp_p=0.0,                    # vocal-tract length perturbation (Jaitly & Hinton 2013): warp of the mel axis
+    vtlp_warp=0.1,                 # largest warp: alpha ~ U(1 - x, 1 + x) (the paper: 0.9-1.1)
+    pitch_shift_p=0.0,             # pitch shift: mel axis scaled by 2^(n/12)
+    pitch_shift=2.0,               # largest shift n, semitones (+/-)
+    reverb_p=0.0,                  # reverberation by a room impulse response
+    reverb_rt60=0.8,               # longest synthetic reverberation time (RT60), seconds (from 0.1)
+    rir_dir="",                    # folder of impulse responses to use instead of synthetic ones
+    background_p=0.0,              # a background mixed in: another training clip (any class) or noise_dir
+    background_snr_min=5.0,        # lowest signal-to-background ratio, dB
+    background_snr_max=20.0,       # highest signal-to-background ratio, dB
+    noise_dir="",                  # folder of noise recordings for the background instead of training clips
+    band_gain_p=0.0,               # random equalisation: gains on 2-5 random bands (FilterAugment, Nam et al. 2022)
+    band_gain_db=6.0,              # largest band gain, dB (+/-)
     time_mask=40,                  # widest time mask, frames
     time_mask_p=1.0,               # probability of a time mask per clip
     freq_mask=20,                  # widest frequency mask, mel bands
@@ -112,6 +134,8 @@ CONFIG = dict(
     learning_rate=1e-4,            # peak learning rate (AdamW) of the pretrained body
     head_lr_multiplier=1.0,        # the new head's learning rate = learning_rate x this
     weight_decay=0.01,             # AdamW decoupled weight decay (0: plain Adam, as in the tutorial)
+    label_smoothing=0.0,           # cross-entropy label smoothing (Szegedy et al. 2016; 0.1 is common)
+    ema_decay=0.0,                 # EMA of the weights (evaluated, chosen and saved); 0: off; 1/(1-decay) steps averaged
     num_epochs=30,                 # epochs
     warmup_epochs=5,               # linear warmup: lr * (epoch + 1) / warmup_epochs for the first epochs
     lr_step_size=10,               # then StepLR: multiply by lr_gamma every lr_step_size epochs (0: constant)
@@ -257,6 +281,10 @@ def read_config(argv: list[str]) -> tuple[dict, dict | None]:
     if cfg["features_on"] not in ("device", "item"):
         raise ConfigError(f"--features_on={cfg['features_on']}: choose device or item")
     check_folds(cfg)
+    check_augment(cfg)
+    if not (0.0 <= cfg["label_smoothing"] < 1.0 and 0.0 <= cfg["ema_decay"] < 1.0):
+        raise ConfigError(f"--label_smoothing={cfg['label_smoothing']}, --ema_decay={cfg['ema_decay']}: both must be "
+                          "in [0, 1) (0: off; e.g. 0.1 and 0.99)")
     get_schedule(cfg["lr_schedule"])
     if cfg["grad_accum_steps"] < 1:
         raise ConfigError(f"--grad_accum_steps={cfg['grad_accum_steps']}: use 1 (no accumulation) or more")
@@ -286,12 +314,12 @@ def run_training(cfg: dict, resumed: dict | None = None) -> dict:
     cfg = dict(cfg)  # the stages fill in the resolved data paths and the SwanLab names
     runtime = setup_runtime(cfg)
     data = load_data(cfg, runtime, resumed)
-    model, optimizer, scheduler, scaler = build_optimisation(cfg, runtime, len(data.label_names),
-                                                             optimizer_steps(len(data.train_loader), cfg), resumed)
+    model, ema, optimizer, scheduler, scaler = build_optimisation(cfg, runtime, len(data.label_names),
+                                                                  optimizer_steps(len(data.train_loader), cfg), resumed)
     train_model = wrap_model(model, cfg, runtime)
     progress = ResumeState.restore(resumed)
     tracker, run_dir = start_tracker(cfg, runtime, data, resumed)
-    run = Run(cfg, runtime, data, model, train_model, optimizer, scheduler, scaler, tracker, run_dir,
+    run = Run(cfg, runtime, data, model, ema, train_model, optimizer, scheduler, scaler, tracker, run_dir,
               SkipLog(runtime.dist.is_main))
     stop = StopRequest(announce=runtime.dist.is_main).install()
     epoch, status = progress.epoch, "success"
@@ -362,13 +390,16 @@ class RunData:
 
 
 def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
-    """Index -> splits -> cached spectrograms (rank 0 builds, the others wait) -> normalisation -> loaders.
+    """Index -> splits -> cached spectrograms (rank 0 builds, the others wait; with speed perturbation also the
+    training tracks' speed copies) -> normalisation -> augmentation -> loaders.
 
-    The training loader yields this rank's shard of each epoch, in batches of ``batch_size`` random crops;
-    the evaluation loaders (val, and test when the split has one) this rank's share of the tracks. Writes
-    the resolved ``data_root`` and ``csv_path`` into ``cfg`` (checkpoints record them).
+    The training loader yields this rank's shard of each epoch (class-balanced with ``balanced_sampler``), in
+    batches of ``batch_size`` random crops (wider when the augmentation stretches time); the evaluation loaders
+    (val, and test when the split has one) this rank's share of the tracks. Writes the resolved ``data_root``
+    and ``csv_path`` into ``cfg`` (checkpoints record them).
     Raises:
         DataError: no usable data (see data.prepare_data).
+        ConfigError: a bad augmentation setting or folder (noise_dir, rir_dir).
     """
     dist, main_rank = runtime.dist, runtime.dist.is_main
     loader_kw = loader_settings(cfg, runtime.device)
@@ -378,8 +409,12 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
         find_data_root(cfg["data_root"])  # a missing dataset is reported first
         fetch_weights(cfg)
     frontend, _ = build_features(cfg)  # also checks the layout and normalisation before minutes of features
+    clip_frames, hop_frames = window_frames(cfg, frontend)
+    notes = []  # augmentations that do not apply to this front end
+    augment = build_augment(cfg, frontend, clip_frames, FeatureCache(cfg["cache_dir"], frontend).get, notes)
     if main_rank:
         print(f"front end ({cfg['arch']}): {describe_frontend(cfg)}", flush=True)
+        print(f"augmentation: {describe_augment(cfg, augment, notes)}", flush=True)
     prepared = prepare_data(cfg, frontend, main_rank, functools.partial(distributed.barrier, dist),
                             resumed["label_names"] if resumed else None, show_progress=main_rank,
                             num_workers=max(loader_kw["num_workers"], torch.multiprocessing.cpu_count() or 1))
@@ -387,14 +422,22 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     train = prepared.splits["train"]
     norm = resumed["features"]["norm"] if resumed else normalisation_for(
         cfg, (prepared.cache.get(p, e) for p, e in zip(train.path, train.entry)), frontend)
-    input_transform = build_input_transform(cfg, frontend, norm["mean"], norm["std"], build_augment(cfg))
+    input_transform = build_input_transform(cfg, frontend, norm["mean"], norm["std"], augment)
     input_transform = input_transform.to(runtime.device)
-    clip_frames, hop_frames = window_frames(cfg, frontend)
     splits, cache = prepared.splits, prepared.cache
 
-    train_set = ClipDataset(train.path, train.y, cache, clip_frames, cfg["seed"], entries=train.entry,
-                            input_transform=input_transform if cfg["features_on"] == "item" else None)
-    sampler = EpochSampler(len(train_set), cfg["seed"], dist.rank, dist.world_size)
+    copies = {}
+    if speed_factors(cfg):  # Kaldi's speed perturbation: two more cached copies of every training track
+        build = functools.partial(cache.build_speed_copies, list(train.path), speed_factors(cfg))
+        copies = build(loader_kw["num_workers"], main_rank) if main_rank else {}
+        distributed.barrier(dist)
+        copies = copies or build(0, False)
+    crop = augment.input_frames(clip_frames) if augment is not None else clip_frames
+    train_set = ClipDataset(train.path, train.y, cache, crop, cfg["seed"], entries=train.entry,
+                            input_transform=input_transform if cfg["features_on"] == "item" else None,
+                            speed_copies=copies, speed_p=cfg["speed_p"])
+    weights = class_balance_weights(train.y) if cfg["balanced_sampler"] else None
+    sampler = EpochSampler(len(train_set), cfg["seed"], dist.rank, dist.world_size, weights)
     train_loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, collate_fn=collate_clips,
                               **loader_kw)
     eval_loaders = {}
@@ -409,6 +452,16 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
                    prepared.split_record(), prepared.group_source)
 
 
+def describe_augment(cfg: dict, augment: nn.Module | None, notes: list[str]) -> str:
+    """One line on the training augmentation: the entries in use (registry order), mixup, what does not apply."""
+    names = (["speed"] if speed_factors(cfg) else []) + [
+        name for name, entry in AUGMENTATIONS.items()
+        if entry.where == "device" and augment is not None and cfg.get(entry.keys[0]) and name not in notes]
+    line = ", ".join(names) or "none"
+    line += f"; mixup alpha {cfg['mixup_alpha']:g}" if cfg["mixup_alpha"] > 0 else "; no mixup"
+    return line + (f" (not for the {cfg['frontend']} front end: {', '.join(notes)})" if notes else "")
+
+
 def describe_frontend(cfg: dict) -> str:
     """One line on the run's input: front end, its parameters, layout and normalisation (printed once)."""
     keys = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max") if cfg["frontend"] != "waveform" else (
@@ -420,19 +473,20 @@ def describe_frontend(cfg: dict) -> str:
 
 
 def build_optimisation(cfg: dict, runtime: Runtime, num_classes: int, steps_per_epoch: int, resumed: dict | None):
-    """(model, optimizer, scheduler, scaler): the bare model (pretrained weights when ``pretrained`` and not
-    resuming; a resumed run rebuilds the checkpoint's backbone record), frozen as the config says, AdamW over
-    its parameter groups, the ``lr_schedule`` (``steps_per_epoch``: optimiser steps) and the GradScaler, with
-    their states from ``resumed``."""
+    """(model, ema, optimizer, scheduler, scaler): the bare model (pretrained weights when ``pretrained`` and not
+    resuming; a resumed run rebuilds the checkpoint's backbone record), frozen as the config says, the EMA of its
+    weights (``ema_decay``; None when 0, experiment/ema.py), AdamW over its parameter groups, the
+    ``lr_schedule`` (``steps_per_epoch``: optimiser steps) and the GradScaler, with their states from ``resumed``."""
     model, optimizer, scaler = build_model_and_optimizer(cfg, num_classes, runtime, cfg["pretrained"] and not resumed,
                                                          record=resumed.get("backbone") if resumed else None)
+    ema = build_ema(model, cfg["ema_decay"])
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     if resumed:
-        model.load_state_dict(resumed["model"])
+        restore_ema(ema, model, resumed)
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
-    return model, optimizer, scheduler, scaler
+    return model, ema, optimizer, scheduler, scaler
 
 
 def make_scheduler(optimizer, cfg: dict, steps_per_epoch: int = 1):
@@ -507,12 +561,14 @@ def environment(runtime: Runtime, data: RunData) -> dict:
 
 @dataclass
 class Run:
-    """What the stages of one run share. ``model`` is the bare module (what checkpoints hold);
+    """What the stages of one run share. ``model`` is the bare module being trained; ``ema`` the average of its
+    weights (None without ``ema_decay``), which is then what is evaluated and what checkpoints hold as ``model``;
     ``train_model`` is what trains: ``model`` compiled and/or wrapped in DistributedDataParallel."""
     cfg: dict
     runtime: Runtime
     data: RunData
     model: nn.Module
+    ema: nn.Module | None
     train_model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -523,8 +579,11 @@ class Run:
 
     @property
     def eval_model(self) -> nn.Module:
-        """``train_model`` outside DDP: a DDP forward may be a collective (it broadcasts buffers), and ranks
-        evaluate different numbers of windows (none at all when their tracks are skipped)."""
+        """What evaluation runs: the EMA's average, else ``train_model`` outside DDP (a DDP forward may be a
+        collective, it broadcasts buffers, and ranks evaluate different numbers of windows, none at all when
+        their tracks are skipped)."""
+        if self.ema is not None:
+            return self.ema.module
         return self.train_model.module if self.runtime.dist.enabled else self.train_model
 
 
@@ -593,6 +652,8 @@ def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
         if progress.step == group_end:
             if stepped:
                 optimizer_step(run.optimizer, run.scaler)
+                if run.ema is not None:
+                    run.ema.update_parameters(run.model)
                 if get_schedule(cfg["lr_schedule"]).per == "step":
                     run.scheduler.step()
             stepped = 0
@@ -620,7 +681,8 @@ def train_micro_batch(run: Run, x, y, epoch: int, step: int, group_end: int):
     last = step + 1 == group_end
     sync = contextlib.nullcontext() if last or not runtime.dist.enabled else run.train_model.no_sync()
     with sync:
-        return backward(run.train_model, run.scaler, x, y_a, y_b, lam, runtime, loss_scale=1.0 / group)
+        return backward(run.train_model, run.scaler, x, y_a, y_b, lam, runtime, loss_scale=1.0 / group,
+                        label_smoothing=cfg["label_smoothing"])
 
 
 def sync_steps(run: Run, progress: ResumeState, pending: PendingSteps, stop: StopRequest) -> bool:
@@ -669,7 +731,7 @@ def evaluate(run: Run, split: str, resamples: int = 0) -> dict:
     metrics dict and the skipped tracks. Every rank evaluates with rank 0's BatchNorm statistics.
     ``resamples`` > 0 adds bootstrap intervals (classification_metrics); the per-epoch validation skips them."""
     dist, runtime = run.runtime.dist, run.runtime
-    distributed.broadcast_buffers(run.model, dist)
+    distributed.broadcast_buffers(evaluated(run.ema, run.model), dist)
     out = predict_tracks(run.eval_model, run.data.input_transform, run.data.eval_loaders[split], runtime.device,
                          runtime.amp_dtype, runtime.channels_last)
     parts = distributed.gather((out["logits"], out["labels"], out["indices"], out["skipped"]), dist)
@@ -720,13 +782,16 @@ def end_of_epoch(run: Run, progress: ResumeState, val: dict, lr: float, started:
 
 
 def checkpoint_state(run: Run, progress: ResumeState) -> dict:
-    """What a checkpoint (last.pt, best.pt) holds: the module, optimiser, schedule and scaler states; where
+    """What a checkpoint (last.pt, best.pt) holds: the evaluated weights (``model``: the EMA's average with
+    ``ema_decay``, else the trained weights; ``ema``: the trained weights and the steps averaged, or None,
+    experiment/ema.py), the optimiser, schedule and scaler states; where
     the run stands (epoch, step, accum, best); what rebuilds the model for evaluation and prediction
     (config, label_names, features: the front end's params and the normalisation, backbone: the
     architecture record of ``models.backbone_record``); history, splits (and ``split_record``: their groups
     and class counts) and the SwanLab run. Plain types only."""
     cfg, tracker = run.cfg, run.tracker
-    return dict(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+    weights, ema = ema_checkpoint(run.ema, run.model)
+    return dict(model=weights, ema=ema, optimizer=run.optimizer.state_dict(),
                 scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(), **progress.checkpoint_fields(),
                 config=cfg, label_names=run.data.label_names, features=run.data.features,
                 backbone=backbone_record(cfg["arch"], run.model), history=tracker.history,
@@ -773,7 +838,8 @@ def final_report(run: Run, best: dict) -> dict:
     cfg, dist, run_dir, names = run.cfg, run.runtime.dist, run.run_dir, run.data.label_names
     if (run_dir / "best.pt").exists() or not dist.is_main:
         distributed.barrier(dist)
-        run.model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=run.runtime.device)["model"])
+        best_weights = load_checkpoint(run_dir / "best.pt", map_location=run.runtime.device)["model"]
+        evaluated(run.ema, run.model).load_state_dict(best_weights)
     final_split = "test" if "test" in run.data.eval_loaders else "val"
     final = evaluate(run, final_split, BOOTSTRAP_RESAMPLES)
     minutes = (sum(r["train/epoch_seconds"] for r in run.tracker.history) / 60) if dist.is_main else 0.0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from augment import AUGMENTATIONS
 from experiment.checkpoint import load_checkpoint, write_atomic
 
 CARD = "README.md"
@@ -42,8 +43,8 @@ INPUTS = {"logmel": ("log-mel spectrogram images", ["log-mel", "spectrogram"]),
           "waveform": ("raw waveforms", ["waveform"])}
 KEY_CONFIG = ("arch", "pretrained", "sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "scale",
               "top_db", "clip_seconds", "eval_hop_seconds", "resize", "augment", "mixup_alpha", "batch_size",
-              "learning_rate", "weight_decay", "num_epochs", "warmup_epochs", "lr_step_size", "lr_gamma", "seed",
-              "amp")
+              "learning_rate", "weight_decay", "label_smoothing", "ema_decay", "balanced_sampler", "num_epochs",
+              "warmup_epochs", "lr_step_size", "lr_gamma", "seed", "amp")
 HISTORY_COLUMNS = (("train/epoch", "epoch", "{:.0f}"), ("train/loss", "train loss", "{:.4f}"),
                    ("train/acc", "train top-1 %", "{:.1f}"), ("val/loss", "val loss", "{:.4f}"),
                    ("val/acc", "val top-1 %", "{:.1f}"), ("val/macro_f1", "val macro-F1 %", "{:.1f}"),
@@ -233,6 +234,16 @@ def history_section(history: list[dict]) -> list[str]:
     return lines + ["", "</details>", ""]
 
 
+def augmentation_text(cfg: dict) -> str:
+    """The augmentations a config trained with, in the registry's order with their keys (``augment``), e.g.
+    ``vtlp (vtlp_p=0.5, vtlp_warp=0.1); time_mask (...)``, or "none"."""
+    if not cfg.get("augment"):
+        return "none"
+    used = [f"{name} ({', '.join(f'{k}={cfg[k]}' for k in entry.keys if k in cfg and cfg[k] != '')})"
+            for name, entry in AUGMENTATIONS.items() if cfg.get(entry.keys[0])]
+    return "; ".join(used) or "none"
+
+
 def config_section(cfg: dict) -> list[str]:
     """Markdown lines: the keys that matter, the full config (collapsed) and the library versions."""
     import torch
@@ -242,6 +253,7 @@ def config_section(cfg: dict) -> list[str]:
     except ImportError:
         audio = ""
     rows = [f"| `{k}` | `{cfg[k]}` |" for k in KEY_CONFIG if k in cfg]
+    rows.append(f"| augmentations | {augmentation_text(cfg)} |")
     return ["## Configuration and environment", "", "| key | value |", "|---|---|", *rows, "",
             "<details><summary>full training config</summary>", "", "```json",
             json.dumps(cfg, indent=2, default=str), "```", "", "</details>", "",

@@ -104,7 +104,8 @@ def test_resume_at_an_epoch_boundary_and_mid_epoch_matches_an_uninterrupted_run(
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "accum", "best", "config",
                    "label_names", "features", "history", "splits", "swanlab_run_id", "swanlab_project",
                    "experiment_name", "split_record",
-                   "backbone"}  # backbone: the architecture record (issue 11)
+                   "backbone",  # backbone: the architecture record (issue 11)
+                   "ema"}  # ema: the trained weights beside an EMA's average, or None (issue 18)
 
 
 
