@@ -1,0 +1,157 @@
+"""Ablation of training levers: each row changes one thing against the baseline, every row runs with the same
+split, epochs and seeds, and the table gives the mean ± std over seeds with the bootstrap interval.
+
+    python scripts/ablation.py --name fsdd --base=--preset=fsdd --seeds=0,1,2
+    python scripts/ablation.py --name gtzan-mini --folds=5 --seeds=0,1,2 \
+        --base="--data_root=../shared/gtzan-mini/genres_original --pretrained=False --resize=128 --num_epochs=30"
+    python scripts/ablation.py --name fsdd --rows=baseline,vtlp,all --base=--preset=fsdd   # some rows only
+
+Each run is ``python train.py BASE ROW --seed=S`` in its own process, into ``runs/ablation-<name>/<row>-s<S>/``
+(with ``--folds=K``: K-fold cross-validation per run, ``.../<row>-s<S>/fold<i>/``). A run whose report exists is
+skipped, so the same command continues an interrupted ablation. At the end: ``ablation.csv`` (one line per run:
+top-1, its 95% bootstrap interval, macro-F1, mean epoch seconds, minutes), ``per_class.csv`` (recall of every class
+per row, mean over seeds) and ``ablation.md`` (the table for the README), all in ``runs/ablation-<name>/``.
+The reported number is the test split's (the k-fold mean with ``--folds``), never the validation split that chose
+the checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiment.checkpoint import write_atomic  # noqa: E402
+
+# One lever per row: the strengths are the config defaults, the probabilities the usual ones (sources in augment/).
+LEVERS = {
+    "baseline": [],
+    "speed": ["--speed_p=0.67"],  # Kaldi: the 0.9, 1.0 and 1.1 copies equally often
+    "time_stretch": ["--time_stretch_p=0.5"],
+    "vtlp": ["--vtlp_p=0.5"],
+    "pitch_shift": ["--pitch_shift_p=0.5"],
+    "reverb": ["--reverb_p=0.3"],
+    "background": ["--background_p=0.3"],
+    "band_gain": ["--band_gain_p=0.5"],
+    "ema": ["--ema_decay=0.99"],
+    "label_smoothing": ["--label_smoothing=0.1"],
+    "balanced_sampler": ["--balanced_sampler=True"],
+}
+LEVERS["all"] = [arg for name, args in LEVERS.items() if name != "balanced_sampler" for arg in args]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="the ablation's name: runs go to runs/ablation-<name>/")
+    p.add_argument("--base", default="", help="train.py arguments of every run (quoted), e.g. --preset=fsdd")
+    p.add_argument("--rows", default=",".join(LEVERS), help=f"rows to run, of: {', '.join(LEVERS)}")
+    p.add_argument("--seeds", default="0,1,2", help="seeds (train.py --seed), at least 3 for a claim")
+    p.add_argument("--folds", type=int, default=0, help="K >= 2: K-fold cross-validation per run")
+    p.add_argument("--out_dir", default="runs", help="parent of the ablation folder")
+    p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each run (0: torch's default)")
+    args = p.parse_args(argv)
+    unknown = [r for r in args.rows.split(",") if r not in LEVERS]
+    if unknown:
+        p.error(f"unknown row(s) {unknown}; choose from {', '.join(LEVERS)}")
+    return args
+
+
+def run_folder(parent: Path, row: str, seed: int) -> Path:
+    return parent / f"{row}-s{seed}"
+
+
+def finished(folder: Path, folds: int) -> bool:
+    return (folder / ("cv_summary.json" if folds else "metrics.json")).is_file()
+
+
+def train(args, parent: Path, row: str, seed: int) -> None:
+    """One run of train.py in its own process (skipped when its report exists)."""
+    folder = run_folder(parent, row, seed)
+    if finished(folder, args.folds):
+        return
+    cmd = [sys.executable, str(ROOT / "train.py"), *shlex.split(args.base), *LEVERS[row], f"--seed={seed}",
+           f"--out_dir={parent}", f"--experiment_name={folder.name}", "--swanlab_mode=disabled"]
+    if args.folds:
+        cmd.append(f"--folds={args.folds}")
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
+    print("+", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    with open(parent / f"{folder.name}.log", "w") as log:
+        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def run_dirs(folder: Path, folds: int) -> list[Path]:
+    return [folder / f"fold{i}" for i in range(folds)] if folds else [folder]
+
+
+def result(folder: Path, folds: int) -> dict:
+    """The report of one run: top-1 %, its interval, macro-F1 %, mean epoch seconds, minutes, per-class recall."""
+    runs = run_dirs(folder, folds)
+    histories = [pd.read_csv(r / "history.csv") for r in runs]
+    reports = []
+    for r in runs:
+        metrics = json.loads((r / "metrics.json").read_text())
+        reports.append(metrics.get("test") or metrics["val"])
+    seconds = float(np.mean([h["train/epoch_seconds"].mean() for h in histories]))
+    minutes = float(sum(h["train/epoch_seconds"].sum() for h in histories) / 60)
+    recall = pd.DataFrame([{c: v["recall"] for c, v in rep["per_class"].items()} for rep in reports]).mean()
+    if folds:
+        summary = json.loads((folder / "cv_summary.json").read_text())
+        top1, (low, high) = 100 * summary["top1_mean"], (np.nan, np.nan)
+        f1 = 100 * summary["macro_f1_mean"]
+    else:
+        rep = reports[0]
+        top1, (low, high), f1 = 100 * rep["top1"], [100 * v for v in rep["top1_ci"]], 100 * rep["macro_f1"]
+    return dict(top1=top1, ci_low=low, ci_high=high, macro_f1=f1, epoch_seconds=seconds, minutes=minutes,
+                recall=recall)
+
+
+def table(rows: pd.DataFrame, folds: int) -> str:
+    """The README table: one line per row, mean ± std over seeds."""
+    what = f"{folds}-fold CV top-1 %" if folds else "test top-1 % (95% CI, mean of the seeds' bounds)"
+    lines = [f"| row | {what} | macro-F1 % | Δ top-1 vs baseline | epoch s | min per run |",
+             "|---|---|---|---|---|---|"]
+    base = rows[rows.row == "baseline"].top1.mean() if (rows.row == "baseline").any() else np.nan
+    for row, part in rows.groupby("row", sort=False):
+        interval = "" if folds else f" ({part.ci_low.mean():.1f}–{part.ci_high.mean():.1f})"
+        lines.append(f"| {row} | {part.top1.mean():.1f} ± {part.top1.std():.1f}{interval} | "
+                     f"{part.macro_f1.mean():.1f} ± {part.macro_f1.std():.1f} | {part.top1.mean() - base:+.1f} | "
+                     f"{part.epoch_seconds.mean():.1f} | {part.minutes.mean():.1f} |")
+    return "\n".join(lines) + f"\n\n{len(rows.seed.unique())} seeds per row ({', '.join(map(str, rows.seed.unique()))})."
+
+
+def main(argv=None) -> pd.DataFrame:
+    args = parse_args(argv)
+    parent = Path(args.out_dir) / f"ablation-{args.name}"
+    parent.mkdir(parents=True, exist_ok=True)
+    rows, seeds = args.rows.split(","), [int(s) for s in args.seeds.split(",")]
+    for row in rows:
+        for seed in seeds:
+            train(args, parent, row, seed)
+    records, recalls = [], {}
+    for row in rows:
+        for seed in seeds:
+            res = result(run_folder(parent, row, seed), args.folds)
+            recalls.setdefault(row, []).append(res.pop("recall"))
+            records.append(dict(row=row, seed=seed, **res))
+    frame = pd.DataFrame(records)
+    per_class = pd.DataFrame({row: pd.concat(r, axis=1).mean(axis=1) for row, r in recalls.items()}).T
+    write_atomic(parent / "ablation.csv", lambda p: frame.to_csv(p, index=False))
+    write_atomic(parent / "per_class.csv", lambda p: per_class.to_csv(p, float_format="%.3f"))
+    text = table(frame, args.folds)
+    write_atomic(parent / "ablation.md", lambda p: p.write_text(text + "\n"))
+    print(text)
+    print(f"\nper-class recall (mean over seeds):\n{per_class.round(2).to_string()}\n\nfiles: {parent}")
+    return frame
+
+
+if __name__ == "__main__":
+    main()
