@@ -36,6 +36,10 @@ ran. A rate is the clips of all timed blocks over their time; the ratios come wi
 the rounds (on 2 CPU cores about +-0.03 for the step efficiency at the default --steps: raise --steps to
 narrow it). Our loader draws from a stream of epochs: every batch is full.
 
+--augment_costs measures instead what each augmentation of the registry costs alone (probability 1) on batches
+of training crops, in ms per batch and as a share of (b): python bench.py --augment_costs. --set=key=value,...
+overrides train.py's config (e.g. --set=vtlp_p=0.5,ema_decay=0.99 to time a recipe's full step).
+
 --backbones=all (or a comma list of --arch names) measures instead, for each backbone at its own input (the
 front end and window its registry entry sets, train.py's defaults otherwise), only (b) and (c), and prints one
 line per backbone: input shape, model-only and full-step clips/s, and their ratio.
@@ -59,13 +63,14 @@ import torchaudio
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from augment import build_augment
+from augment import AUGMENTATIONS, build_augment, speed_factors
 from data import prepare_data
 from data.audio import sf_path
 from data.dataset import ClipDataset, EpochSampler, collate_clips
 from data.demo import make_demo_dataset
 from data.features import build_frontend, build_input_transform, normalisation_for, window_frames
-from experiment.config import literal_config
+from experiment.config import literal_config, parse_config
+from experiment.ema import build_ema
 from models import BACKBONES, resolve_frontend
 from experiment.engine import (EpochTotals, PendingSteps, Runtime, build_model_and_optimizer, loader_settings, mixup,
                                prepare_batch, setup_runtime, step_seed, train_step)
@@ -175,12 +180,14 @@ def ratio_error(num: Meter, den: Meter) -> float:
 
 
 class Trainer:
-    """A model, AdamW and GradScaler built as train.py builds them (the engine's build_model_and_optimizer),
-    stepped by the engine's train_step, its scalars read back every ``sync_every`` steps as train.py does."""
+    """A model, AdamW, GradScaler and EMA of the weights (``ema_decay``) built as train.py builds them (the
+    engine's build_model_and_optimizer), stepped by the engine's train_step (with ``label_smoothing``), its
+    scalars read back every ``sync_every`` steps as train.py does."""
 
     def __init__(self, cfg: dict, num_classes: int, runtime: Runtime):
         torch.manual_seed(cfg["seed"])
         self.model, self.optimizer, self.scaler = build_model_and_optimizer(cfg, num_classes, runtime, pretrained=False)
+        self.ema, self.label_smoothing = build_ema(self.model, cfg["ema_decay"]), cfg["label_smoothing"]
         self.model.train()
         self.runtime, self.steps = runtime, 0
         self.pending, self.totals = PendingSteps(runtime.sync_every), EpochTotals()
@@ -188,7 +195,8 @@ class Trainer:
     def step(self, x, y, y_a, y_b, lam: float) -> None:
         """One step on x [B, 3, H, W] mixed up from labels y_a, y_b with weight lam (y long [B]: the labels
         before mixup, for the accuracy count)."""
-        logits, loss = train_step(self.model, self.optimizer, self.scaler, x, y_a, y_b, lam, self.runtime)
+        logits, loss = train_step(self.model, self.optimizer, self.scaler, x, y_a, y_b, lam, self.runtime,
+                                  self.label_smoothing, self.ema)
         self.pending.add(self.steps, logits, loss, y)
         self.steps += 1
         if self.pending.due():
@@ -211,6 +219,7 @@ class BenchData:
     plain_transform: nn.Module
     cache_bytes: int
     cache_dir: Path
+    clip_frames: int
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -228,6 +237,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--num_workers", type=int, default=-1, help="our DataLoader workers; -1: train.py's auto rule")
     p.add_argument("--cache_dir", default=".cache", help="feature cache (shared with train.py) and synthetic audio")
+    p.add_argument("--augment_costs", action="store_true",
+                   help="instead: what each augmentation of the registry costs alone, per batch, against (b)")
+    p.add_argument("--set", default="", help="train.py config overrides, e.g. --set=vtlp_p=0.5,ema_decay=0.99")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.steps < args.rounds or args.warmup < 0:
         p.error("need --rounds >= 1, --steps >= --rounds and --warmup >= 0")
@@ -247,6 +259,9 @@ def bench_config(args) -> dict:
                csv_path=str(Path(args.cache_dir) / "bench_index.csv"), cache_dir=args.cache_dir, arch=args.arch,
                resize=args.resize, batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
                pretrained=False)
+    for pair in filter(None, args.set.split(",")):
+        key, value = pair.split("=", 1)
+        cfg.update(parse_config([f"--{key}={value}"], cfg, {}))
     return resolve_frontend(cfg)
 
 
@@ -255,6 +270,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.backbones:
         return bench_backbones(args)
+    if args.augment_costs:
+        return augment_costs(args)
     started = time.perf_counter()
     cfg = bench_config(args)
     runtime = setup_runtime(cfg)
@@ -301,20 +318,62 @@ def bench_backbones(args) -> dict:
     return results
 
 
+def augment_costs(args) -> dict:
+    """What each device-side augmentation of the registry costs alone (probability 1, its default strength) on
+    batches of training crops, in ms per batch and as a share of (b) the model-only step, alternated over
+    ``args.rounds``. Returns {name: ms per batch, "model": ms per (b) step}."""
+    cfg = bench_config(args)
+    runtime = setup_runtime(cfg)
+    data = load_bench_data(cfg, runtime.device)
+    frontend = build_frontend(cfg)
+    modules = {}
+    for name, entry in AUGMENTATIONS.items():
+        if entry.where == "device" and frontend.units in entry.units:
+            one = dict(cfg, augment=True) | {e.keys[0]: 0.0 for e in AUGMENTATIONS.values()} | {entry.keys[0]: 1.0}
+            modules[name] = build_augment(one, frontend, data.clip_frames, data.dataset.cache.get).to(runtime.device).train()
+    data.dataset.clip_frames = max(m.input_frames(data.clip_frames) for m in modules.values())  # the widest crop
+    stream = OurBatches(data.dataset, cfg, loader_settings(cfg, runtime.device))
+    _, (crops, y, _) = next(stream.block(1))
+    crops = crops.to(runtime.device)
+    batch = fixed_batch(stream, cfg, runtime, data.input_transform)
+    trainer, steps = Trainer(cfg, data.num_classes, runtime), max(1, args.steps // args.rounds)
+    meters = {name: Meter(runtime.device) for name in [*modules, "model"]}
+    for _ in range(args.rounds):
+        model_block(trainer, batch, meters["model"], args.warmup, steps)
+        for name, module in modules.items():
+            x = crops[..., :module.input_frames(data.clip_frames)]
+            t0 = meters[name].now()
+            for _ in range(steps):
+                module(x, 0.0)
+            meters[name].add(steps * len(x), t0)
+    per_batch = {name: 1000 * cfg["batch_size"] / m.rate for name, m in meters.items()}
+    print(f"cost of each augmentation alone on batches of {cfg['batch_size']} crops {tuple(crops.shape[1:])} "
+          f"({runtime.device}); (b) model-only step: {per_batch['model']:.1f} ms")
+    for name in modules:
+        print(f"  {name:14s}{per_batch[name]:8.2f} ms/batch  {100 * per_batch[name] / per_batch['model']:6.1f}% of (b)")
+    return per_batch
+
+
 def load_bench_data(cfg: dict, device: torch.device) -> BenchData:
-    """The training split of ``cfg["data_root"]`` with every spectrogram cached, normalised on itself."""
+    """The training split of ``cfg["data_root"]`` with every spectrogram (and speed copy) cached, normalised on
+    itself, and its crops as wide as the augmentation takes them in."""
     frontend = build_frontend(cfg)
     data = prepare_data(cfg, frontend, num_workers=torch.multiprocessing.cpu_count() or 1, show_progress=False)
     part = data.splits["train"]
     paths, labels, entries = list(part.path), [int(y) for y in part.y], list(part.entry)
     norm = normalisation_for(cfg, (data.cache.get(p, e) for p, e in zip(paths, entries)), frontend)
     mean, std = norm["mean"], norm["std"]
-    augmented = build_input_transform(cfg, frontend, mean, std, build_augment(cfg))
-    plain = build_input_transform(cfg, frontend, mean, std)
     clip_frames, _ = window_frames(cfg, frontend)
-    dataset = ClipDataset(paths, labels, data.cache, clip_frames, cfg["seed"], entries=entries)
+    augment = build_augment(cfg, frontend, clip_frames, data.cache.get)
+    augmented = build_input_transform(cfg, frontend, mean, std, augment)
+    plain = build_input_transform(cfg, frontend, mean, std)
+    copies = data.cache.build_speed_copies(paths, speed_factors(cfg), show_progress=False)
+    crop = augment.input_frames(clip_frames) if augment is not None else clip_frames
+    dataset = ClipDataset(paths, labels, data.cache, crop, cfg["seed"], entries=entries, speed_copies=copies,
+                          speed_p=cfg["speed_p"])
     return BenchData(dataset, paths, labels, len(data.label_names), augmented.to(device).train(),
-                     plain.to(device).train(), sum(Path(e).stat().st_size for e in entries), data.cache.dir)
+                     plain.to(device).train(), sum(Path(e).stat().st_size for e in entries), data.cache.dir,
+                     clip_frames)
 
 
 def print_setup(cfg: dict, args, runtime: Runtime, loader_kw: dict, data: BenchData) -> None:

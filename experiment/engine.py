@@ -159,14 +159,18 @@ def mixup(x, y, alpha: float):
     return lam * x + (1 - lam) * x[perm], y, y[perm], lam
 
 
-def train_step(model, optimizer, scaler, x, y_a, y_b, lam: float, runtime: Runtime):
-    """One optimisation step on a (mixed-up) batch: :func:`backward` then :func:`optimizer_step`.
+def train_step(model, optimizer, scaler, x, y_a, y_b, lam: float, runtime: Runtime, label_smoothing: float = 0.0,
+               ema=None):
+    """One optimisation step on a (mixed-up) batch: :func:`backward` then :func:`optimizer_step`, then the
+    EMA of the weights (``ema``: experiment/ema.py, or None) takes the new weights in.
 
     Args: x float [B, C, H, W] on the device; y_a, y_b long [B]. Returns (logits [B, K], loss scalar), not synced.
     """
     optimizer.zero_grad(set_to_none=True)
-    logits, loss = backward(model, scaler, x, y_a, y_b, lam, runtime)
+    logits, loss = backward(model, scaler, x, y_a, y_b, lam, runtime, label_smoothing=label_smoothing)
     optimizer_step(optimizer, scaler)
+    if ema is not None:
+        ema.update_parameters(model)
     return logits, loss
 
 
