@@ -44,12 +44,13 @@ def mean_power(power: torch.Tensor) -> torch.Tensor:
 
 def mix_at_snr(x: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor, units: str) -> torch.Tensor:
     """``x`` plus ``noise`` (same shape [B, C, F, T]) scaled so that the clip's power over the background's is
-    ``snr_db`` [B] dB: power-domain addition for spectrograms, amplitude addition for waveforms (``wave``)."""
+    ``snr_db`` [B] dB: power-domain addition for spectrograms, torchaudio's ``add_noise`` (amplitude addition)
+    for waveforms (``wave``, [B, 1, 1, samples])."""
+    if units == "wave":
+        return AF.add_noise(x.flatten(1), noise.flatten(1), snr_db).view_as(x)
     signal, background = to_power(x, units), to_power(noise, units)
     scale = mean_power(signal) / (mean_power(background).clamp(min=1e-20)
                                   * torch.pow(10.0, snr_db.view(-1, 1, 1, 1) / 10.0))
-    if units == "wave":
-        return x + noise * scale.sqrt()
     return from_power(signal + scale * background, units)
 
 
