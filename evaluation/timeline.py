@@ -116,18 +116,19 @@ def build_timeline(window_probabilities, starts, window_seconds: float, hop_seco
                     merge_segments(p.numpy(), starts, window_seconds, seconds, label_names, min_confidence))
 
 
-def window_rows(path: str, timeline: Timeline) -> list[dict]:
-    """CSV rows of the windows: ``path, start, end, top1_label, top1_probability, top2_label, ...``."""
+def window_rows(path: str, timeline: dict) -> list[dict]:
+    """CSV rows of the windows of a :meth:`Timeline.to_dict`: ``path, start, end, top1_label,
+    top1_probability, top2_label, ...``."""
     rows = []
-    for w in timeline.windows:
-        row = dict(path=path, start=round(w.start, 3), end=round(w.end, 3))
-        for j, (label, p) in enumerate(w.top_k, 1):
-            row |= {f"top{j}_label": label, f"top{j}_probability": round(p, 4)}
+    for w in timeline["windows"]:
+        row = dict(path=path, start=round(w["start"], 3), end=round(w["end"], 3))
+        for j, top in enumerate(w["top_k"], 1):
+            row |= {f"top{j}_label": top["label"], f"top{j}_probability": round(top["probability"], 4)}
         rows.append(row)
     return rows
 
 
-def segment_rows(path: str, timeline: Timeline) -> list[dict]:
-    """CSV rows of the segments: ``path, start, end, label, probability, windows``."""
-    return [dict(path=path, start=round(s.start, 3), end=round(s.end, 3), label=s.label,
-                 probability=round(s.probability, 4), windows=s.windows) for s in timeline.segments]
+def segment_rows(path: str, timeline: dict) -> list[dict]:
+    """CSV rows of the segments of a :meth:`Timeline.to_dict`: ``path, start, end, label, probability, windows``."""
+    return [dict(path=path, start=round(s["start"], 3), end=round(s["end"], 3), label=s["label"],
+                 probability=round(s["probability"], 4), windows=s["windows"]) for s in timeline["segments"]]
