@@ -229,8 +229,9 @@ def calibration_report(record: dict | None, logits, labels, split: str) -> Calib
 
 def plot_reliability(logits, labels, temperature: float, title: str, bins: int = ECE_BINS):
     """A matplotlib Figure: two reliability diagrams (Guo et al. 2017, fig. 1), the raw softmax (T = 1) and
-    the calibrated one (``temperature``). Bars: accuracy per confidence bin; red: the gap to the bin's mean
-    confidence; dashed: perfect calibration; the bars' labels: tracks per bin. Titles give the ECE."""
+    the calibrated one (``temperature``). Bars: accuracy per confidence bin; red hatching: the gap to the bin's
+    mean confidence (above a bar: over-confident, inside it: under-confident); dashed: perfect calibration;
+    numbers at the foot of the bars: tracks per bin. Titles give the ECE."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), dpi=110, sharey=True)
     width = 1 / bins
     for ax, t, name in ((axes[0], 1.0, "raw softmax"), (axes[1], temperature, f"calibrated, T = {temperature:.3f}")):
@@ -241,9 +242,9 @@ def plot_reliability(logits, labels, temperature: float, title: str, bins: int =
         ax.bar(left, b["accuracy"][full], width=width, align="edge", color="tab:blue", edgecolor="black",
                label="accuracy")
         ax.bar(left, b["confidence"][full] - b["accuracy"][full], bottom=b["accuracy"][full], width=width,
-               align="edge", color="tab:red", alpha=0.35, edgecolor="tab:red", label="gap to confidence")
-        for x, acc, n in zip(left, b["accuracy"][full], b["counts"][full]):
-            ax.text(x + width / 2, min(acc, 0.93) + 0.02, str(int(n)), ha="center", fontsize=6)
+               align="edge", fill=False, hatch="///", edgecolor="tab:red", linewidth=0.8, label="gap to confidence")
+        for x, n in zip(left, b["counts"][full]):
+            ax.text(x + width / 2, 0.015, str(int(n)), ha="center", fontsize=6, color="white")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ece = expected_calibration_error(probs, labels, bins)
         ax.set_title(f"{name}\nECE {100 * ece:.1f}% ({bins} bins)", fontsize=9)

@@ -51,7 +51,8 @@ def test_fit_temperature_without_a_wrong_track_keeps_1_and_bad_input_raises():
 
 def test_ece_equals_a_hand_computation():
     # confidences 0.9, 0.9, 0.6, 0.55, 0.35 in 15 bins of width 1/15:
-    # 0.9 -> bin 13 ((13/15, 14/15] = (0.867, 0.933]), 0.6 and 0.55 -> bin 8 ((0.533, 0.6]), 0.35 -> bin 5 ((0.333, 0.4])
+    # 0.9 -> bin 13 ((13/15, 14/15] = (0.867, 0.933]), 0.6 and 0.55 -> bin 8 ((0.533, 0.6]),
+    # 0.35 -> bin 5 ((0.333, 0.4])
     p = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.6, 0.4, 0.0], [0.0, 0.45, 0.55], [0.35, 0.33, 0.32]])
     y = np.array([0, 0, 0, 2, 1])  # right, wrong, right, right, wrong
     # bin 13: acc 1/2, conf 0.9 -> |0.5 - 0.9| = 0.4, weight 2/5; bin 8: acc 1, conf 0.575 -> 0.425, weight 2/5;

@@ -198,10 +198,12 @@ def test_predict_timeline_csv_and_json(model, joined, tmp_path, capsys, one_thre
         windows = list(csv.DictReader(f))
     assert list(windows[0]) == ["path", "start", "end", "top1_label", "top1_probability", "top2_label",
                                 "top2_probability"]
-    assert [(float(r["start"]), r["top1_label"]) for r in windows] == [(w.start, w.top_k[0][0]) for w in expected.windows]
+    assert [(float(r["start"]), r["top1_label"]) for r in windows] == [(w.start, w.top_k[0][0])
+                                                                        for w in expected.windows]
     assert predict.main([*args, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)["predictions"][0]["timeline"]
     assert [s["label"] for s in doc["segments"]] == list(PARTS) and len(doc["windows"]) == 6
-    assert doc["windows"][3]["top_k"][0] == dict(label="pulses", probability=pytest.approx(expected.windows[3].top_k[0][1]))
+    top = expected.windows[3].top_k[0]
+    assert doc["windows"][3]["top_k"][0] == dict(label="pulses", probability=pytest.approx(top[1]))
     assert predict.main([str(model), str(joined), "--timeline", "--window_seconds=2"]) == 1  # image layout: refused
     assert "Change hop_seconds instead" in capsys.readouterr().err
