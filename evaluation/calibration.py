@@ -243,8 +243,9 @@ def plot_reliability(logits, labels, temperature: float, title: str, bins: int =
                label="accuracy")
         ax.bar(left, b["confidence"][full] - b["accuracy"][full], bottom=b["accuracy"][full], width=width,
                align="edge", fill=False, hatch="///", edgecolor="tab:red", linewidth=0.8, label="gap to confidence")
-        for x, n in zip(left, b["counts"][full]):
-            ax.text(x + width / 2, 0.015, str(int(n)), ha="center", fontsize=6, color="white")
+        for x, n, acc in zip(left, b["counts"][full], b["accuracy"][full]):
+            ax.text(x + width / 2, 0.015, str(int(n)), ha="center", fontsize=6,
+                    color="white" if acc > 0.05 else "black")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ece = expected_calibration_error(probs, labels, bins)
         ax.set_title(f"{name}\nECE {100 * ece:.1f}% ({bins} bins)", fontsize=9)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +206,28 @@ def test_predict_timeline_csv_and_json(model, joined, tmp_path, capsys, one_thre
     assert doc["windows"][3]["top_k"][0] == dict(label="pulses", probability=pytest.approx(top[1]))
     assert predict.main([str(model), str(joined), "--timeline", "--window_seconds=2"]) == 1  # image layout: refused
     assert "Change hop_seconds instead" in capsys.readouterr().err
+
+
+def test_window_length_changes_only_where_the_network_takes_it(one_thread):
+    import train
+    from evaluation.classifier import front_end
+    from models import build_model, resolve_frontend
+
+    def classifier(arch, model, **meta):
+        cfg = resolve_frontend({**train.CONFIG, "arch": arch, "clip_seconds": 1.0, "eval_hop_seconds": 0.5})
+        frontend, transform, window, hop = front_end(cfg, dict(mean=0.0, std=1.0))
+        return Classifier(model, frontend, transform, list(PARTS), window, hop, torch.device("cpu"), cfg, meta)
+
+    torch.manual_seed(0)
+    cnn14 = classifier("cnn14", build_model("cnn14", 3, pretrained=False, base_channels=4))  # global pooling
+    wave = _clip("tone", np.random.default_rng(0), 32000, 4.0)
+    t = cnn14.timeline(wave, sample_rate=32000, window_seconds=2.0, hop_seconds=1.0)
+    frame = cnn14.frontend.hop_length / cnn14.sample_rate  # 10 ms at 32 kHz
+    assert [w.start for w in t.windows] == pytest.approx([0, 1, 2]) and t.window_seconds == pytest.approx(2.0 + frame)
+    assert t.segments[0].start == 0 and t.segments[-1].end == pytest.approx(4.0)
+    assert cnn14.classify(wave, sample_rate=32000).num_windows == 7  # the run's own 1 s every 0.5 s
+    with pytest.raises(ValueError, match="ast takes only its pretrained window length"):
+        classifier("ast", torch.nn.Identity()).window_frames(window_seconds=5.0)
+    with pytest.raises(ValueError, match="an exported network"):
+        classifier("cnn14", torch.nn.Identity(), format="onnx").window_frames(window_seconds=2.0)
+    assert classifier("ast", torch.nn.Identity()).window_frames(hop_seconds=1.0)[1] == 100  # the hop may change
