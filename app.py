@@ -5,12 +5,14 @@
     python app.py runs/<experiment>/export_onnx         # a folder written by export.py (onnxruntime)
     python app.py runs/<experiment> --host 0.0.0.0      # reachable from other machines on the network
 
-The page shows the top-k labels with their probabilities, each window's probabilities along time (for a
-song: which part sounds like which genre), the log-mel spectrogram the windows were cut from, and what the
-model is: labels, training data and its test (or val) accuracy with the protocol behind it. The numbers
-come from Classifier.analyze, the same features, windows and network as predict.py, so they are
-predict.py's numbers. Gradio's API works too: gradio_client.Client(url).predict(handle_file("song.wav"),
-api_name="/classify").
+The page shows the top-k labels with their calibrated probabilities (the run's temperature, fitted on its
+val split; --uncalibrated: the raw softmax), the answer ("unknown" when the top probability is below
+--min_confidence), each window's probabilities along time (for a song: which part sounds like which genre)
+with the segments listed under it (consecutive windows with the same top label), the log-mel spectrogram the
+windows were cut from, and what the model is: labels, training data and its test (or val) accuracy with the
+protocol behind it. The numbers come from Classifier.analyze, the same features, windows and network as
+predict.py, so they are predict.py's numbers. Gradio's API works too:
+gradio_client.Client(url).predict(handle_file("song.wav"), api_name="/classify").
 
 Offline and safe by default: no analytics (GRADIO_ANALYTICS_ENABLED=False) and the default theme's fonts
 are served by the app itself, so the page loads nothing from the internet; it listens on 127.0.0.1 unless
@@ -37,6 +39,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from data.audio import MIN_SECONDS, AudioError, sf_path  # noqa: E402
 from evaluation.classifier import Analysis, Classifier, load_for_cli  # noqa: E402
+from evaluation.selective import UNKNOWN  # noqa: E402
 from experiment.model_card import class_counts, dataset_name, metrics_summary, percent, read_metrics  # noqa: E402
 
 MAX_ROWS = 12  # classes shown in the time plot (the most probable ones)
@@ -135,11 +138,24 @@ def model_summary(clf: Classifier, metrics: dict) -> str:
                      f"(epoch {meta['best'].get('epoch', '?')}).")
     lines.append(f"**Input**: mono at {clf.sample_rate} Hz, cut into {cfg.get('clip_seconds')} s windows every "
                  f"{cfg.get('eval_hop_seconds')} s; the window logits are averaged.")
+    unknown = (f" Below {percent(clf.min_confidence)} the answer is *unknown* (--min_confidence)."
+               if clf.min_confidence else "")
+    lines.append(f"**Probabilities**: {clf.probability_note()}.{unknown}")
     return "\n\n".join(lines)
 
 
+SEGMENT_HEADERS = ["start (s)", "end (s)", "label", "probability", "windows"]
+
+
+def segment_table(analysis: Analysis) -> list[list]:
+    """Rows of the segments under the heat map: start and end (seconds), label, probability (%), windows."""
+    return [[round(s.start, 2), round(s.end, 2), s.label, f"{100 * s.probability:.1f}%", s.windows]
+            for s in analysis.timeline().segments]
+
+
 def classify_upload(clf: Classifier, path: str | None, max_mb: float, max_minutes: float, upload_root: str):
-    """The page's handler: (label probabilities, time figure, spectrogram figure, details dict, status text).
+    """The page's handler: (label probabilities, time figure, segment rows, spectrogram figure, details dict,
+    status text).
 
     Every problem becomes a gr.Error with a readable message (shown on the page, never a traceback).
     """
@@ -157,14 +173,20 @@ def classify_upload(clf: Classifier, path: str | None, max_mb: float, max_minute
         raise gr.Error(f"{name} cannot be classified ({reason(err, path)}).") from None
     pred = analysis.prediction
     probabilities = {n: float(p) for n, p in zip(clf.label_names, pred.probabilities)}
-    details = dict(file=name, seconds=round(pred.seconds, 3), windows=pred.num_windows,
-                   probabilities=probabilities, window_starts=[round(float(s), 3) for s in analysis.window_starts],
-                   window_probabilities=analysis.window_probabilities.tolist())
+    segments = segment_table(analysis)
+    details = dict(file=name, seconds=round(pred.seconds, 3), windows=pred.num_windows, answer=pred.label,
+                   calibrated=clf.calibrated and "calibration" in clf.meta, temperature=clf.applied_temperature,
+                   min_confidence=clf.min_confidence, probabilities=probabilities,
+                   window_starts=[round(float(s), 3) for s in analysis.window_starts],
+                   window_probabilities=analysis.window_probabilities.tolist(),
+                   segments=[dict(zip(SEGMENT_HEADERS, row)) for row in segments])
     top, p = pred.top_k(1)[0]
-    status = (f"**{name}**: {pred.seconds:.1f} s, {pred.num_windows} window(s) averaged; most probable: "
-              f"**{top}** ({percent(p)}).")
-    figures = time_figure(analysis, clf.label_names), spectrogram_figure(analysis, clf.config.get("scale"))
-    return probabilities, *figures, details, status
+    answer = (f"most probable: **{top}** ({percent(p)})" if pred.label != UNKNOWN else
+              f"answer: **{UNKNOWN}** (the most probable, {top}, has {percent(p)}, below the "
+              f"{percent(clf.min_confidence)} minimum)")
+    status = f"**{name}**: {pred.seconds:.1f} s, {pred.num_windows} window(s) averaged; {answer}."
+    return (probabilities, time_figure(analysis, clf.label_names), segments,
+            spectrogram_figure(analysis, clf.config.get("scale")), details, status)
 
 
 def build_demo(clf: Classifier, metrics: dict | None = None, top_k: int = 5, max_mb: float = 50,
@@ -172,8 +194,10 @@ def build_demo(clf: Classifier, metrics: dict | None = None, top_k: int = 5, max
     """The page (not launched): audio input, Classify button, top-k chart, time plot, spectrogram, model facts.
 
     ``metrics``: :func:`experiment.model_card.metrics_summary` of the run (shown in the model facts). The
-    Classify button is also the API endpoint ``/classify`` (one audio file in; label probabilities, the two
-    figures, a details dict with every probability and window, and the status text out).
+    Classify button is also the API endpoint ``/classify`` (one audio file in; label probabilities, the time
+    figure, the segments table, the spectrogram figure, a details dict with every probability, window and
+    segment, and the status text out). ``clf``'s ``calibrated`` and ``min_confidence`` decide the numbers and
+    the answer.
     """
     upload_root = get_upload_folder()
     name = clf.meta.get("experiment_name") or "audio classifier"
@@ -193,12 +217,15 @@ def build_demo(clf: Classifier, metrics: dict | None = None, top_k: int = 5, max
                     gr.Markdown(model_summary(clf, metrics or {}))
             with gr.Column(scale=3):
                 top_k = min(top_k, len(clf.label_names))
-                label = gr.Label(num_top_classes=top_k, label=f"Top {top_k}")
+                kind = "calibrated" if clf.calibrated and "calibration" in clf.meta else "raw softmax"
+                label = gr.Label(num_top_classes=top_k, label=f"Top {top_k} ({kind} probabilities)")
                 timeline = gr.Plot(label="Along time: each window's class probabilities")
+                segments = gr.Dataframe(headers=SEGMENT_HEADERS, label="Segments: consecutive windows with the "
+                                        "same top label", interactive=False)
                 spectrogram = gr.Plot(label="The log-mel spectrogram the windows are cut from")
                 with gr.Accordion("All numbers (JSON)", open=False):
-                    details = gr.JSON(label="probabilities and windows")
-        button.click(classify, inputs=audio, outputs=[label, timeline, spectrogram, details, status],
+                    details = gr.JSON(label="probabilities, windows and segments")
+        button.click(classify, inputs=audio, outputs=[label, timeline, segments, spectrogram, details, status],
                      api_name="classify")
     return demo
 
@@ -223,17 +250,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max_minutes", type=float, default=10, help="longest recording accepted, minutes (default 10)")
     p.add_argument("--top_k", type=int, default=5, help="labels shown in the chart (default 5)")
     p.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1 ...")
+    p.add_argument("--uncalibrated", action="store_true",
+                   help="show the raw softmax instead of the calibrated probabilities (same top-1)")
+    p.add_argument("--min_confidence", type=float, default=0.0, metavar="P",
+                   help="answer 'unknown' when the top (calibrated) probability is below P, in [0, 1] (default 0)")
     args = p.parse_args(argv)
     for key in ("max_mb", "max_minutes", "top_k"):
         if getattr(args, key) <= 0:
             p.error(f"--{key} must be positive, got {getattr(args, key)}")
+    if not 0.0 <= args.min_confidence <= 1.0:
+        p.error(f"--min_confidence must be a probability in [0, 1], got {args.min_confidence}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Serve the demo until Ctrl-C; returns the exit status (1: the model cannot be loaded)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    clf = load_for_cli(args.model, args.device)
+    clf = load_for_cli(args.model, args.device, not args.uncalibrated, args.min_confidence)
     if clf is None:
         return 1
     folder = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent

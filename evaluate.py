@@ -24,7 +24,14 @@ Every track is cut into clip_seconds windows every eval_hop_seconds and the mode
 them, the same code as training's validation (evaluation.predict_tracks). Prints the metrics with their 95%
 intervals (percentile bootstrap over tracks, evaluation.metrics.bootstrap_intervals) and scikit-learn's
 per-class table. --errors=FILE writes the misclassified recordings (path, true label, top-3 labels with
-probabilities) as CSV, to listen to them.
+calibrated probabilities) as CSV, to listen to them.
+
+Calibration (evaluation.calibration): the checkpoint's temperature, fitted on the run's val split at the end
+of training, gives the calibrated probabilities; the report adds the expected calibration error (15 bins)
+raw and calibrated, the selective-classification table (top-1 on the 50/80/90/100% most confident tracks and
+the --min_confidence reaching each) and reliability_<split>.png. A checkpoint without a temperature (trained
+before calibration existed) gets one fitted on its val split and stored in it (atomically; nothing else in
+the file changes); --calibrate fits it again.
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ from data.dataset import TrackDataset, collate_tracks
 from data.index import read_index
 from data.splits import split_parts
 from evaluation import predict_tracks, track_loss
+from evaluation.calibration import calibration_report, fit_calibration, store_calibration
 from evaluation.classifier import Classifier
 from evaluation.metrics import classification_metrics, close, interval_text, save_report
 from experiment.checkpoint import CheckpointError, write_atomic
@@ -78,6 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--errors", default=None, metavar="FILE",
                    help="write the misclassified recordings to this CSV: path, true label, top-3 labels with "
                         "probabilities")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit the temperature on the run's val split again and store it in the checkpoint (done "
+                        "without asking when the checkpoint has none)")
     p.add_argument("--csv_path", default=None, help="index CSV to use or write (default: the checkpoint's)")
     p.add_argument("--cache_dir", default=None, help="spectrogram cache folder (default: the checkpoint's)")
     p.add_argument("--batch_size", type=int, default=None, help="tracks per batch (default: the checkpoint's)")
@@ -168,16 +179,21 @@ def evaluate_split(clf: Classifier, data, split: str, batch_size: int, num_worke
 
 
 def log_to_swanlab(mode: str, log_dir: str, cfg: dict, meta: dict, split: str, metrics: dict, figure,
-                   run_dir: Path) -> None:
+                   run_dir: Path, calibration: dict | None = None, reliability=None) -> None:
     """A new SwanLab experiment ``<experiment>-eval-<split>`` in the run's project holding the top-1 and
-    macro-F1 (percent) and the confusion image; SwanLab failures are reported and ignored."""
+    macro-F1 (percent), the ``calibration`` summary scalars (CalibrationReport.summary), the confusion image
+    and the ``reliability`` diagram; SwanLab failures are reported and ignored."""
     tracker = Tracker(run_dir)
     name = f"{meta.get('experiment_name') or run_dir.name}-eval-{split}"
     tracker.start(meta.get("swanlab_project") or cfg.get("swanlab_project") or "evaluation", name,
                   dict(cfg, evaluated_split=split), mode, log_dir)
     step = int(meta.get("epoch") or 0)
     tracker.log({f"{split}/acc": 100 * metrics["top1"], f"{split}/macro_f1": 100 * metrics["macro_f1"]}, step)
+    if calibration:
+        tracker.log(calibration, step)
     tracker.log_figure(f"{split}/confusion_matrix", figure, step, PROTOCOLS[split])
+    if reliability is not None:
+        tracker.log_figure(f"{split}/reliability", reliability, step, "raw and calibrated")
     tracker.finish("success")
 
 
@@ -232,10 +248,45 @@ def external_report(clf: Classifier, out: dict, source: str) -> dict:
     return extra
 
 
-def write_errors(path, out: dict, label_names: list[str], k: int = 3) -> int:
+def calibrate(clf: Classifier, args: argparse.Namespace, ckpt: Path, run_dir: Path, data, split: str,
+              out: dict) -> dict | None:
+    """The checkpoint's ``calibration`` record; when it has none, or with ``--calibrate``, a temperature fitted
+    on the run's val split (``data`` when it holds the run's own splits, else prepared from the checkpoint's
+    config; ``out`` when ``split`` is val), stored in ``ckpt`` and applied to ``clf``. Without ``--calibrate``
+    a val split that cannot be read leaves the probabilities raw with a warning (returns None).
+
+    Raises DataError (with ``--calibrate``) when the run's val split cannot be read.
+    """
+    if clf.meta.get("calibration") and not args.calibrate:
+        return clf.meta["calibration"]
+    try:
+        if split == "val":
+            val = out
+        else:
+            if split == "all":
+                own = argparse.Namespace(**{**vars(args), "data_root": None, "csv_path": None})
+                data = prepare_data(data_config(clf.config, own, run_dir), clf.frontend, label_names=clf.label_names,
+                                    num_workers=max(args.num_workers, torch.multiprocessing.cpu_count() or 1))
+            val = evaluate_split(clf, data, "val", args.batch_size or clf.config["batch_size"], args.num_workers)
+    except DataError as err:
+        if args.calibrate:
+            raise
+        print(f"warning: this checkpoint has no temperature and its val split cannot be read to fit one ({err}); "
+              "the probabilities are the raw softmax", file=sys.stderr)
+        return None
+    record = fit_calibration(val["logits"], val["labels"])
+    store_calibration(ckpt, record)
+    clf.meta["calibration"], clf.temperature = record, record["temperature"]
+    print(f"calibration: temperature {record['temperature']:.3f} fitted on {record['tracks']} val tracks, stored "
+          f"in {ckpt}")
+    return record
+
+
+def write_errors(path, out: dict, label_names: list[str], k: int = 3, temperature: float = 1.0) -> int:
     """Write the misclassified tracks of :func:`evaluate_split`'s ``out`` to the CSV ``path`` (atomically):
-    ``path,true_label,top1_label,top1_probability,...`` for the ``k`` most probable labels. Returns the rows."""
-    probs = out["logits"].softmax(1)
+    ``path,true_label,top1_label,top1_probability,...`` for the ``k`` most probable labels, probabilities
+    of the logits divided by ``temperature``. Returns the rows."""
+    probs = (out["logits"] / temperature).softmax(1)
     k = min(k, len(label_names))
     top = probs.topk(k, dim=1)
     wrong = (out["logits"].argmax(1) != out["labels"]).nonzero().flatten().tolist()  # as in the metrics
@@ -291,20 +342,29 @@ def main(argv: list[str] | None = None) -> dict:
                  splits={split: data.split_record()[split]})
     if split == "all":
         extra |= external_report(clf, out, args.csv or str(data.data_root))
+    calibration = calibration_report(calibrate(clf, args, ckpt, run_dir, data, split, out), out["logits"],
+                                     out["labels"], split)
+    extra |= calibration.metrics
     title = (f"{clf.meta.get('experiment_name') or run_dir.name}\n{split} ({ckpt.name}, epoch "
              f"{clf.meta.get('epoch', '?')}): top-1 {100 * m['top1']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f}%")
     png, fig = save_report(out_dir, split, m, clf.label_names, title, extra=extra)
+    reliability, reliability_fig = calibration.save_figure(out_dir, title.replace("\n", ": "))
     if args.swanlab_mode != "disabled":
         log_to_swanlab(args.swanlab_mode, args.swanlab_logdir or cfg.get("swanlab_logdir", "swanlog"), cfg,
-                       clf.meta, split, m, fig, out_dir)
+                       clf.meta, split, m, fig, out_dir, calibration.summary(), reliability_fig)
     close(fig)
+    close(reliability_fig)
     print(f"\n{m['report']}")
     print(f"{split} top-1 {100 * m['top1']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f}%, loss {out['loss']:.4f}; "
           f"{interval_text(m)}; {extra['protocol']}")
+    print(calibration.text())
     if args.errors:
-        print(f"{write_errors(args.errors, out, clf.label_names)} misclassified recording(s) written to {args.errors}")
-    print(f"confusion matrix: {png}\nmetrics: {out_dir / 'metrics.json'}")
-    return out | dict(split=split, png=str(png), metrics_json=str(out_dir / "metrics.json"), out_dir=str(out_dir))
+        wrong = write_errors(args.errors, out, clf.label_names, temperature=clf.applied_temperature)
+        print(f"{wrong} misclassified recording(s) written to {args.errors}")
+    print(f"confusion matrix: {png}\nreliability diagram: {reliability}\nmetrics: {out_dir / 'metrics.json'}")
+    return out | dict(split=split, png=str(png), metrics_json=str(out_dir / "metrics.json"), out_dir=str(out_dir),
+                      calibration=calibration.metrics["calibration"], selective=calibration.metrics["selective"],
+                      reliability_png=str(reliability))
 
 
 if __name__ == "__main__":

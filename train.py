@@ -46,6 +46,7 @@ from data.dataset import (ClipDataset, EpochSampler, TrackDataset, class_balance
 from data.demo import make_demo_dataset
 from data.features import build_features, build_input_transform, normalisation_for, window_frames
 from evaluation import predict_tracks, track_loss
+from evaluation.calibration import calibration_report, fit_calibration, store_calibration
 from evaluation.cross_validation import fold_finished, fold_run_dirs, format_summary, summarize_folds
 from evaluation.metrics import (BOOTSTRAP_RESAMPLES, classification_metrics, close, interval_text,
                                 plot_confusion_matrix, save_report)
@@ -728,7 +729,8 @@ def log_example_inputs(tracker: Tracker, images, labels, label_names) -> None:
 
 def evaluate(run: Run, split: str, resamples: int = 0) -> dict:
     """Track-level metrics of ``split`` over all ranks (a collective): loss, top-1 %, macro-F1 %, the full
-    metrics dict and the skipped tracks. Every rank evaluates with rank 0's BatchNorm statistics.
+    metrics dict, the skipped tracks, and the track ``logits`` float32 [N, K] and ``labels`` long [N] (cpu).
+    Every rank evaluates with rank 0's BatchNorm statistics.
     ``resamples`` > 0 adds bootstrap intervals (classification_metrics); the per-epoch validation skips them."""
     dist, runtime = run.runtime.dist, run.runtime
     distributed.broadcast_buffers(evaluated(run.ema, run.model), dist)
@@ -738,7 +740,7 @@ def evaluate(run: Run, split: str, resamples: int = 0) -> dict:
     logits, labels = torch.cat([p[0] for p in parts if len(p[1])]), torch.cat([p[1] for p in parts])
     m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), run.data.label_names, resamples)
     return dict(loss=track_loss(logits, labels), acc=100 * m["top1"], macro_f1=100 * m["macro_f1"], metrics=m,
-                skipped=[s for p in parts for s in p[3]])
+                skipped=[s for p in parts for s in p[3]], logits=logits, labels=labels)
 
 
 def end_of_epoch(run: Run, progress: ResumeState, val: dict, lr: float, started: float) -> None:
@@ -831,10 +833,11 @@ def stalled(history: list[dict], patience: int, min_delta: float) -> str | None:
 
 
 def final_report(run: Run, best: dict) -> dict:
-    """best.pt evaluated on the test split (val when there is none), with 95% bootstrap intervals: on rank 0
-    the report files (metrics.json also records the protocol, the splits with their groups, and the fold), the
-    final confusion matrix and summary scalars to SwanLab, the console report, the model card (README.md).
-    Returns the summary scalars."""
+    """best.pt evaluated on the test split (val when there is none), with 95% bootstrap intervals, and its
+    temperature fitted on the val split (evaluation.calibration, stored in best.pt as ``calibration``): on
+    rank 0 the report files (metrics.json also records the protocol, the splits with their groups, the fold,
+    ECE before/after and the coverage table), the final confusion matrix, reliability diagram and summary
+    scalars to SwanLab, the console report, the model card (README.md). Returns the summary scalars."""
     cfg, dist, run_dir, names = run.cfg, run.runtime.dist, run.run_dir, run.data.label_names
     if (run_dir / "best.pt").exists() or not dist.is_main:
         distributed.barrier(dist)
@@ -842,26 +845,37 @@ def final_report(run: Run, best: dict) -> dict:
         evaluated(run.ema, run.model).load_state_dict(best_weights)
     final_split = "test" if "test" in run.data.eval_loaders else "val"
     final = evaluate(run, final_split, BOOTSTRAP_RESAMPLES)
+    val = final if final_split == "val" else evaluate(run, "val")
+    calibration = calibration_report(fit_calibration(val["logits"], val["labels"]), final["logits"], final["labels"],
+                                     final_split)
     minutes = (sum(r["train/epoch_seconds"] for r in run.tracker.history) / 60) if dist.is_main else 0.0
     protocol = ("held-out test split, checkpoint chosen on val" if final_split == "test" else
                 "val split, also used to choose the checkpoint: optimistic, the tutorial's protocol")
     summary = {"summary/best_val_acc": best["val_acc"], "summary/best_epoch": best["epoch"],
                f"summary/{final_split}_acc": final["acc"], f"summary/{final_split}_macro_f1": final["macro_f1"],
-               "summary/total_minutes": minutes, **interval_scalars(final_split, final["metrics"])}
+               "summary/total_minutes": minutes, **interval_scalars(final_split, final["metrics"]),
+               **calibration.summary()}
     folds = {"fold": cfg["fold"], "folds": cfg["folds"]} if cfg["folds"] else {}
     if dist.is_main:
         png, fig = save_report(run_dir, final_split, final["metrics"], names,
                                f"{cfg['experiment_name']}\n{final_split} (best.pt, epoch {best['epoch']}): "
                                f"top-1 {final['acc']:.1f}%, macro-F1 {final['macro_f1']:.1f}%",
                                extra=dict(protocol=protocol, checkpoint="best.pt", epoch=best["epoch"],
-                                          splits=run.data.split_record, group_source=run.data.group_source, **folds))
+                                          splits=run.data.split_record, group_source=run.data.group_source, **folds,
+                                          **calibration.metrics))
         run.tracker.log_figure(f"{final_split}/confusion_matrix_final", fig, cfg["num_epochs"], protocol)
+        close(fig)
+        if (run_dir / "best.pt").exists():
+            store_calibration(run_dir / "best.pt", calibration.record)
+        reliability, fig = calibration.save_figure(run_dir, f"{cfg['experiment_name']}: {final_split}, best.pt")
+        run.tracker.log_figure(f"{final_split}/reliability", fig, cfg["num_epochs"], "temperature fitted on val")
         close(fig)
         run.tracker.log(summary, step=cfg["num_epochs"])
         print(f"\n{final['metrics']['report']}")
         print(f"best val top-1 {best['val_acc']:.1f}% at epoch {best['epoch']} (selected on val)")
         print(f"{final_split} top-1 {final['acc']:.1f}%, macro-F1 {final['macro_f1']:.1f}% ({protocol}); "
               f"{interval_text(final['metrics'])}")
+        print(f"{calibration.text()}\nreliability diagram: {reliability}")
         print(f"confusion matrix: {png}\nrun folder: {run_dir}  ({minutes:.1f} min)")
         print(f"model card: {write_model_card(run_dir)}")
     return summary

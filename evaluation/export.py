@@ -6,7 +6,9 @@ An export folder (written by ``export.py``, read by :meth:`evaluation.classifier
                                      output) -> logits float32 [batch, num_classes]; the batch axis is dynamic
     export.json                      format, backbone, label names, the training config (every front-end key),
                                      ``features`` (front-end parameters and normalisation), window and hop in
-                                     frames, the run's metrics, and the parity measured at export
+                                     frames, the run's metrics, the parity measured at export, and
+                                     ``calibration`` (the checkpoint's temperature record, when it has one:
+                                     the logits are divided by it before the softmax)
 
 The front end (decoding, resampling, STFT/log-mel) and the input transform (normalise, resize, channels)
 stay outside the graph: STFT ops export poorly (``torch.stft`` has no ONNX op before opset 17 and complex

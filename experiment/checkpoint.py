@@ -3,7 +3,9 @@
 A crash, ``kill -9`` or full disk at any moment leaves either the previous checkpoint or the new one,
 never a torn file. Contents (see train.py): model, optimizer, scheduler and scaler state, ``epoch``
 (completed epochs), ``step`` (batches done in the next epoch, for mid-epoch resume), ``config``,
-``label_names``, ``features`` (front-end parameters and normalisation statistics), best metric, history.
+``label_names``, ``features`` (front-end parameters and normalisation statistics), best metric, history;
+``best.pt`` also gets ``calibration`` after the final report (the temperature fitted on val:
+``evaluation.calibration.fit_calibration``; absent in older checkpoints, which then predict with T = 1).
 """
 from __future__ import annotations
 

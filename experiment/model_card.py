@@ -156,6 +156,38 @@ def results_section(state: dict, summary: dict, run_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def calibration_section(state: dict, metrics: dict, run_dir: Path) -> list[str]:
+    """Markdown lines: the temperature (fitted on val), ECE before/after per evaluated split, the reliability
+    diagrams, and the selective-classification table that tells how to choose ``--min_confidence``; [] for a
+    run without calibration (trained before it existed and not evaluated since)."""
+    record = state.get("calibration")
+    splits = {split: m for split, m in metrics.items() if isinstance(m, dict) and "calibration" in m}
+    if not record and not splits:
+        return []
+    lines = ["## Calibration and \"unknown\"", ""]
+    if record:
+        lines += [f"Probabilities are calibrated by temperature scaling (Guo et al. 2017): the logits are divided by "
+                  f"**T = {record['temperature']:.3f}**, fitted by maximum likelihood on the {record['tracks']} "
+                  f"{record['fitted_on']} tracks (ECE there {percent(record['ece_before'])} raw, "
+                  f"{percent(record['ece_after'])} calibrated). `predict.py`, `Classifier`, the demo and exports "
+                  f"apply it (`--uncalibrated`: the raw softmax); top-1 is the same either way.", ""]
+    for split, m in splits.items():
+        c = m["calibration"]
+        lines += [f"On {split}: expected calibration error ({c.get('bins', 15)} equal-width bins) "
+                  f"**{percent(c['ece_before'])} raw -> {percent(c['ece_after'])} calibrated**, negative "
+                  f"log-likelihood {c['nll_before']:.4f} -> {c['nll_after']:.4f}.", ""]
+        if m.get("selective"):
+            lines += [f"Answering only when the top calibrated probability reaches P (`--min_confidence=P`; "
+                      f"below it the answer is `unknown`), on {split}:", "",
+                      "| coverage | tracks answered | top-1 on them | P |", "|---:|---:|---:|---:|"]
+            lines += [f"| {100 * r['coverage']:.0f}% | {r['tracks']} | {percent(r['top1'])} | "
+                      f"{r['min_confidence']:.3f} |" for r in m["selective"]]
+            lines.append("")
+    for png in sorted(run_dir.glob("reliability_*.png")):
+        lines += [f"![reliability diagram, {png.stem.rsplit('_', 1)[-1]}]({png.name})", ""]
+    return lines
+
+
 def data_section(state: dict, dataset: str) -> list[str]:
     """Markdown lines: dataset, labels, split protocol and tracks per class and split."""
     cfg, names = state["config"], state["label_names"]
@@ -269,6 +301,7 @@ def usage_section(run_dir: Path) -> list[str]:
             "", "```bash",
             f"python evaluate.py {run}                          # metrics, per-class table, confusion matrix",
             f"python predict.py {run} song.mp3 --top_k=3        # classify your own files",
+            f"python predict.py {run} mix.wav --timeline --min_confidence=0.5   # what plays when; unknown below P",
             f"python app.py {run}                               # web demo on http://127.0.0.1:7860",
             f"python export.py {run} --format onnx              # ONNX network + export.json",
             f"python predict.py {run}/export_onnx song.mp3      # the exported folder alone (onnxruntime)",
@@ -290,7 +323,8 @@ def render_model_card(run_dir: Path, state: dict, metrics: dict, history: list[d
              f"folder's files.{tracked}\n")
     files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     parts = [front_matter(state, summary, dataset), intro, *results_section(state, summary, run_dir),
-             *data_section(state, dataset), *model_section(state), *history_section(history),
+             *calibration_section(state, metrics, run_dir), *data_section(state, dataset),
+             *model_section(state), *history_section(history),
              *config_section(cfg), *usage_section(run_dir), "## Files", "",
              *[f"- `{f}`" for f in files if f != CARD], ""]
     return "\n".join(parts)

@@ -69,7 +69,8 @@ def png_size(plot: dict) -> tuple[int, int]:
 def test_the_page_gives_classifiers_probabilities(served, clf, excerpt):
     url, client, demo = served
     assert demo.server_name == "127.0.0.1" and not demo.share
-    label, timeline, spectrogram, details, status = client.predict(handle_file(str(excerpt)), api_name="/classify")
+    label, timeline, segments, spectrogram, details, status = client.predict(handle_file(str(excerpt)),
+                                                                             api_name="/classify")
     expected = clf.classify(excerpt)
     got = np.array([details["probabilities"][n] for n in clf.label_names])
     np.testing.assert_allclose(got, expected.probabilities.numpy(), atol=1e-6, rtol=0)
@@ -82,6 +83,13 @@ def test_the_page_gives_classifiers_probabilities(served, clf, excerpt):
     assert details["seconds"] == pytest.approx(12.0) and details["window_starts"][0] == 0
     assert png_size(timeline)[0] > 300 and png_size(spectrogram)[0] > 300
     assert excerpt.name in status and f"**{top2[0][0]}**" in status
+    # the segments under the heat map are Classifier.timeline's, and they tile the recording
+    expected_segments = clf.timeline(excerpt).segments
+    assert segments["headers"] == app.SEGMENT_HEADERS and len(segments["data"]) == len(expected_segments)
+    for row, s in zip(segments["data"], expected_segments):
+        assert row[:3] == [round(s.start, 2), round(s.end, 2), s.label] and row[4] == s.windows
+    assert segments["data"][0][0] == 0 and segments["data"][-1][1] == pytest.approx(12.0)
+    assert details["answer"] == top2[0][0] and details["temperature"] == clf.applied_temperature
 
 
 def test_uploads_over_the_limits_are_refused_before_decoding(served, clf, tmp_path, monkeypatch):

@@ -154,7 +154,7 @@ def test_evaluate_after_the_data_moved(ckpt_dir, trained_run, tmp_path):
 
 def test_predict_equals_evaluation_code_on_the_same_clips(evaluated, clf, ckpt_dir, capsys):
     out = evaluated[0]
-    probs = out["logits"].softmax(1)
+    probs = (out["logits"] / clf.temperature).softmax(1)  # calibrated by the run's temperature, as evaluation says
     for path, p in zip(out["paths"], probs):
         torch.testing.assert_close(clf.classify(path).probabilities, p, atol=1e-5, rtol=0)
     assert predict.main([str(ckpt_dir), *out["paths"], "--json", "--top_k=3", "--device=cpu"]) == 0

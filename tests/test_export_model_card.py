@@ -68,6 +68,7 @@ def test_export_matches_the_checkpoint_and_runs_alone(fmt, run, clf, clips, tmp_
     assert spec["splits"] == clf.meta["splits"]  # the demo on an export folder still shows the training data
     assert (spec["window_frames"], spec["hop_frames"]) == (clf.window, clf.hop)
     assert spec["metrics"]["val"]["top1"] == json.loads((run / "metrics.json").read_text())["val"]["top1"]
+    assert spec["calibration"] == clf.meta["calibration"]  # the temperature travels with the export
 
     # the network file itself, at a batch size other than the export's (2) and the check's (3)
     windows = torch.randn(5, 1, clf.frontend.n_mels, clf.window, generator=torch.Generator().manual_seed(3)) * 10 - 40
@@ -83,6 +84,7 @@ def test_export_matches_the_checkpoint_and_runs_alone(fmt, run, clf, clips, tmp_
     shutil.rmtree(out)
     exported = Classifier.load(alone, "cpu")
     assert exported.label_names == clf.label_names and exported.meta["format"] == fmt
+    assert exported.temperature == clf.temperature
     for clip in clips:
         ours, theirs = exported.classify(clip), clf.classify(clip)
         assert ours.top_k(1)[0][0] == theirs.top_k(1)[0][0]

@@ -133,7 +133,8 @@ def test_one_epoch_per_family_gives_checkpoints_that_predict_and_evaluate_agree_
     capsys.readouterr()
     assert predict.main([str(run), *out["paths"], "--json", "--top_k=2", "--device=cpu"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    for entry_out, p in zip(doc["predictions"], out["logits"].softmax(1)):
+    calibrated = (out["logits"] / clf.temperature).softmax(1)  # the run's temperature, fitted on val
+    for entry_out, p in zip(doc["predictions"], calibrated):
         by_label = {t["label"]: t["probability"] for t in entry_out["top_k"]}
         np.testing.assert_allclose([by_label[n] for n in clf.label_names], p.numpy(), atol=1e-5, rtol=0)
     if arch == "resnet18":  # a checkpoint written before backbone records existed still loads
@@ -141,7 +142,7 @@ def test_one_epoch_per_family_gives_checkpoints_that_predict_and_evaluate_agree_
         old["config"] = {k: v for k, v in state["config"].items() if k not in NEW_KEYS}
         save_checkpoint(old, tmp_path / "old.pt")
         probs = Classifier.from_checkpoint(tmp_path / "old.pt", "cpu").classify(out["paths"][0]).probabilities
-        torch.testing.assert_close(probs, out["logits"].softmax(1)[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(probs, calibrated[0], atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------- freezing
