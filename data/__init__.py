@@ -99,7 +99,9 @@ def prepare_data(cfg: dict, frontend: nn.Module, is_main: bool = True, barrier=l
     entry_of = dict(zip(paths, entries))
     out = {}
     for name, part in splits.items():
-        part = part.assign(entry=part.path.map(entry_of), y=part.label.map({n: i for i, n in enumerate(names)}))
+        part = part.assign(entry=pd.Series([entry_of[p] for p in part.path], index=part.index, dtype=object),
+                           y=part.label.map({n: i for i, n in enumerate(names)}))  # no map over paths: pandas 3
+        # would index them as Arrow strings, which reject non-UTF-8 file names
         part = part[part.entry.notna()].reset_index(drop=True)
         if part.empty:
             raise DataError(f"every clip of the {name} split failed to decode (see the warning above)")

@@ -130,8 +130,8 @@ def build_index(data_root: Path, csv_path: Path, show_progress: bool = True) -> 
         raise DataError(f"{data_root}: none of the {len(items)} audio files could be decoded.")
     csv_path = Path(csv_path).resolve()
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows, columns=["path", "label"])
-    out = df.assign(path=[_relative(Path(p), csv_path.parent) for p in df.path])
+    df = pd.DataFrame(rows, columns=["path", "label"], dtype=object)  # object: paths may hold surrogate escapes
+    out = df.assign(path=pd.Series([_relative(Path(p), csv_path.parent) for p in df.path], dtype=object))
     tmp = csv_path.with_name(f".{csv_path.name}.tmp{os.getpid()}")
     out.to_csv(tmp, index=False, **ENCODING)
     os.replace(tmp, csv_path)
@@ -154,7 +154,7 @@ def read_index(csv_path: Path) -> Index:
     """
     csv_path = Path(csv_path).resolve()
     try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8",
+        df = pd.read_csv(csv_path, dtype=object, keep_default_na=False, encoding="utf-8",
                          encoding_errors="surrogateescape")
     except Exception as err:
         raise DataError(f"{csv_path}: cannot be read as CSV ({err}). Delete it or pass --rebuild_index=True.") from None
@@ -169,8 +169,8 @@ def read_index(csv_path: Path) -> Index:
         df = df[~blank]
     paths = [p if os.path.isabs(p) else os.path.normpath(csv_path.parent / p) for p in df.path]
     columns = {"path": paths, "label": df.label.values} | ({"group": df.group.values} if "group" in df else {})
-    df = pd.DataFrame(columns)
-    exists = df.path.map(os.path.exists)
+    df = pd.DataFrame(columns, dtype=object)  # pandas 3's Arrow strings reject the surrogate escapes of
+    exists = df.path.map(os.path.exists)      # non-UTF-8 file names; object columns keep them
     skipped = [(p, "listed in the CSV but the file does not exist") for p in df.path[~exists]]
     if skipped:
         warn_skipped(skipped, f"listed in {csv_path.name}")

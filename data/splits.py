@@ -90,6 +90,14 @@ def groups_from_pattern(paths, pattern: str) -> list[str]:
     return groups
 
 
+def sort_tracks(df: pd.DataFrame, by: tuple[str, ...] = ("label", "path")) -> pd.DataFrame:
+    """``df`` sorted by the columns ``by`` (Python's string order), with a fresh index. Sorted in Python because
+    pandas 3 sorts text columns through Arrow strings, which reject the surrogate escapes that non-UTF-8 file
+    names decode to."""
+    order = sorted(range(len(df)), key=lambda i: tuple(df[c].iloc[i] for c in by))
+    return df.iloc[order].reset_index(drop=True)
+
+
 def assign_groups(df: pd.DataFrame, pattern: str = "") -> tuple[pd.DataFrame, str]:
     """Give the index ``df`` (``path``, ``label``, maybe ``group``) its ``group`` column.
 
@@ -130,7 +138,7 @@ def split_tutorial(df: pd.DataFrame, val_size: float = 0.2, split_seed: int = 42
     _check_classes(df, 2, "the tutorial split")
     train, val = [], []
     for label in label_names(df.label):
-        part = df[df.label == label].sort_values("path")
+        part = sort_tracks(df[df.label == label], ("path",))
         a, b = train_test_split(part, test_size=val_size, random_state=split_seed)
         train.append(a)
         val.append(b)
@@ -147,7 +155,7 @@ def split_stratified(df: pd.DataFrame, val_size: float = 0.1, test_size: float =
     if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
         raise DataError(f"val_size={val_size} and test_size={test_size} must be in (0, 1) with a sum below 1")
     _check_classes(df, 3, "the stratified split")
-    df = df.sort_values(["label", "path"])
+    df = sort_tracks(df)
     if GROUP in df.columns:
         return split_stratified_groups(df.reset_index(drop=True), val_size, test_size, split_seed)
     try:
@@ -301,7 +309,7 @@ def make_folds(df: pd.DataFrame, folds: int, fold: int, val_size: float = 0.2,
     if not 0 < val_size < 1:
         raise DataError(f"{what}: val_size={val_size} must be in (0, 1)")
     _check_classes(df, 3, f"{folds}-fold cross-validation")
-    df = df.sort_values(["label", "path"]).reset_index(drop=True)
+    df = sort_tracks(df)
     groups = (df[GROUP] if GROUP in df.columns else df.path).nunique()
     if groups < folds:
         raise DataError(f"{folds}-fold cross-validation needs at least {folds} groups, but the data has {groups}. "
@@ -329,7 +337,7 @@ def _checked(parts: dict[str, pd.DataFrame], df: pd.DataFrame, what: str) -> dic
             warnings.warn(f"the {name} part ({what}) has no track of class(es) {missing}: their per-class rows are "
                           "empty and macro-F1 counts them as 0. Whole groups move between parts: try another "
                           "split_seed, fewer folds or more data.", stacklevel=3)
-    return {k: v.sort_values(["label", "path"]).reset_index(drop=True) for k, v in parts.items()}
+    return {k: sort_tracks(v) for k, v in parts.items()}
 
 
 def split_tracks(df: pd.DataFrame, cfg: dict) -> dict[str, pd.DataFrame]:
