@@ -1,7 +1,7 @@
 """Hugging Face ``datasets`` as training data: a Hub dataset id or a local copy becomes audio files and an index
 with the dataset's own splits, so the feature cache, the splits and the loaders work on it unchanged.
 
-    python train.py --hf_dataset=user/name                # a Hub dataset of data files (parquet, audio folders)
+    python train.py --hf_dataset=user/name                # a Hub dataset stored as parquet (the Hub's usual format)
     python train.py --hf_dataset=path/to/copy             # datasets.save_to_disk output, or a folder of parquet files
     python train.py --hf_dataset=user/name --split=stratified   # pool its splits and re-split (any split works)
 
@@ -9,7 +9,8 @@ Reading: ``datasets.load_from_disk`` for a ``save_to_disk`` folder, else ``datas
 hf_config)`` with every split (for a Hub id the copy in datasets' cache is used when there is one). ``datasets``
 4+ decodes ``Audio`` with torchcodec (ffmpeg); here the audio column is cast to ``Audio(decode=False)``, which
 gives the stored ``{"bytes", "path"}``, and the bytes are written as files that soundfile decodes like any other
-(a row with a local file and no bytes, e.g. from ``audiofolder``, is read where it is).
+(a row with a local file and no bytes is read where it is). A dataset stored as loose audio files (``audiofolder``)
+is built by ``datasets`` itself through torchcodec; without it the error says so and points at ``--data_root``.
 
 Columns: the audio column (``hf_audio_column``; default: the dataset's one ``Audio`` column) and the label column
 (``hf_label_column``; default: its one ``ClassLabel`` column). A ``ClassLabel``'s names, in their order, are the
@@ -69,10 +70,18 @@ def is_local(source: str) -> bool:
 
 def load_message(source: str, err: BaseException, offline: bool) -> str:
     """The DataError text for a dataset that could not be loaded: what failed and why, then the ways out (the
-    dataset's cache and ``HF_DATASETS_OFFLINE``, a local copy, the folder route); a loading-script dataset gets
-    its own first line."""
+    dataset's cache and ``HF_DATASETS_OFFLINE``, a local copy, the folder route); a loading-script dataset and a
+    local folder get their own."""
     import datasets
     what = f"could not load the Hugging Face dataset {source!r} ({type(err).__name__}: {err})."
+    if _caused_by_torchcodec(err):
+        return (f"{what}\n  It is stored as audio files, which datasets builds into a dataset through torchcodec (pip "
+                "install torchcodec; it needs ffmpeg). Without it, download the files and train on them as a folder: "
+                f"--data_root=<folder>/<label>/<audio files>, or use a parquet copy of the dataset.")
+    if is_local(source):
+        return (f"{what}\n  A local copy is a save_to_disk folder (with dataset_dict.json) or a folder of data files "
+                "(parquet, Arrow, CSV/JSON), e.g. from `hf download ID --repo-type dataset --local-dir PATH`;\n  "
+                f"{FOLDER_ROUTE}.")
     if "scripts are no longer supported" in str(err):
         return (f"{what}\n  {source} is a script-based dataset: datasets >= 4 no longer runs loading scripts. If its "
                 f"Hub page lists a parquet conversion (the refs/convert/parquet branch), get it on a connected machine "
@@ -85,6 +94,15 @@ def load_message(source: str, err: BaseException, offline: bool) -> str:
             f"  Use a local copy: on a connected machine `hf download {source} --repo-type dataset --local-dir PATH` "
             f"(its data files) or `datasets.load_dataset({source!r}).save_to_disk(PATH)`, then --hf_dataset=PATH;\n"
             f"  {FOLDER_ROUTE}.")
+
+
+def _caused_by_torchcodec(err: BaseException | None) -> bool:
+    """Whether ``err`` or an exception it was raised from is ``datasets`` missing torchcodec."""
+    while err is not None:
+        if "torchcodec" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -105,7 +123,7 @@ def open_dataset(source: str, config_name: str = ""):
     ``train`` split).
 
     ``source``: a ``save_to_disk`` folder (``load_from_disk``), another local folder (``load_dataset``: parquet,
-    CSV/JSON, audiofolder...) or a Hub id (``load_dataset``; the Hub is probed first, 3 s, and when it is
+    Arrow, CSV/JSON...) or a Hub id (``load_dataset``; the Hub is probed first, 3 s, and when it is
     unreachable or ``HF_DATASETS_OFFLINE`` is set only datasets' cache is read). ``config_name``: the dataset's
     configuration (subset); empty: its default.
     Raises DataError naming the dataset, ``HF_DATASETS_OFFLINE``, a local copy and the folder route (see
@@ -290,13 +308,27 @@ def extract(dataset, parts: dict, audio: str, label: str, root: Path, show_progr
 
 def hf_index(cfg: dict, is_main: bool = True, barrier=lambda: None, show_progress: bool = True) -> Index:
     """The :class:`~data.index.Index` of ``cfg["hf_dataset"]``: ``path``, ``label`` and the ``split`` column, with
-    ``label_names`` in the dataset's order. Rank 0 (``is_main``) extracts the audio when its keyed folder has no
-    index yet (see the module docstring) while the other ranks wait at ``barrier``.
+    ``label_names`` in the dataset's order. Rank 0 (``is_main``) loads the dataset (downloading it when needed)
+    and extracts its audio when the keyed folder has no index yet (see the module docstring) while the other
+    ranks wait at ``barrier``; then they load it from the cache it filled.
 
     Reads ``hf_dataset``, ``hf_config``, ``hf_audio_column``, ``hf_label_column``, ``hf_splits`` and ``cache_dir``.
     Raises DataError: the dataset cannot be loaded (offline, loading script, not found), a column or split is
     missing or ambiguous, or no row is usable.
     """
+    if is_main:
+        root, names = _dataset_folder(cfg, show_progress, extract_missing=True)
+    barrier()
+    if not is_main:
+        root, names = _dataset_folder(cfg, False, extract_missing=False)
+    index = read_index(root / INDEX_NAME)
+    index.label_names = names
+    return index
+
+
+def _dataset_folder(cfg: dict, show_progress: bool, extract_missing: bool) -> tuple[Path, list[str]]:
+    """(the dataset's keyed extraction folder, its class names); extracts it when missing and asked to, printing
+    what is used."""
     source, config_name = cfg["hf_dataset"], cfg.get("hf_config", "")
     dataset = open_dataset(source, config_name)
     parts = split_map(dataset, cfg.get("hf_splits", ""))
@@ -304,21 +336,18 @@ def hf_index(cfg: dict, is_main: bool = True, barrier=lambda: None, show_progres
     audio = audio_column(features, cfg.get("hf_audio_column", ""))
     label = label_column(features, cfg.get("hf_label_column", ""))
     names = class_names(features[label], [(dataset[s], label) for s in parts.values()])
-    unused = sorted(set(dataset) - set(parts.values()))
     name = _safe(Path(source.rstrip("/")).name + (f"-{config_name}" if config_name else ""))
     root = (Path(cfg["cache_dir"]) / "hf_datasets" / dataset_key(source, config_name, dataset, parts, audio, label)
             / name).resolve()
-    if is_main:
+    if extract_missing:
+        unused = sorted(set(dataset) - set(parts.values()))
         print(f"Hugging Face dataset {source}{f' ({config_name})' if config_name else ''}: "
               + ", ".join(f"{part} = {split} ({len(dataset[split])} rows)" for part, split in parts.items())
               + (f"; not used: {', '.join(unused)}" if unused else "") + f"; audio {audio!r}, label {label!r} "
               f"({len(names)} classes)", flush=True)
         if not (root / INDEX_NAME).is_file():
             extract(dataset, parts, audio, label, root, show_progress)
-    barrier()
-    index = read_index(root / INDEX_NAME)
-    index.label_names = names
-    return index
+    return root, names
 
 
 def default_split(cfg: dict, explicit_keys=()) -> dict:

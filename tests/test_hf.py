@@ -413,6 +413,17 @@ def test_an_ast_export_matches_the_classifier_through_pipeline_on_one_window_of_
     np.testing.assert_allclose([{r["label"]: r["score"] for r in theirs}[n] for n in NAMES], ours, atol=1e-4, rtol=0)
 
 
+def test_a_dataset_of_loose_audio_files_says_it_needs_torchcodec_or_the_folder_route(hf_cache, tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("torchcodec"):
+        pytest.skip("torchcodec is installed: datasets builds audio-file datasets itself")
+    for digit, name in enumerate(NAMES[:2]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.wav").write_bytes(fsdd(digit, "george", 1).read_bytes())
+    with pytest.raises(DataError, match="through torchcodec .* --data_root=<folder>/<label>/<audio files>"):
+        open_dataset(str(tmp_path))
+
+
 def test_predefined_split_from_a_csv_column(tmp_path):
     df = pd.DataFrame(dict(path=[f"/x/{i}.wav" for i in range(12)], label=["a", "b"] * 6,
                            split=["train"] * 6 + ["val"] * 2 + ["test"] * 2 + ["extra"] * 2))
