@@ -121,6 +121,11 @@ def interval(ci) -> str:
     return f" ({100 * float(level):g}% CI {100 * float(low):.1f}-{100 * float(high):.1f}%)"
 
 
+def arch_tag(arch: str) -> str:
+    """The Hub tag of a backbone: its name, or for ``hf:<model id or folder>`` the last part of the id or path."""
+    return arch[3:].rstrip("/").split("/")[-1] if arch.startswith("hf:") else arch
+
+
 def front_matter(state: dict, summary: dict, dataset: str, library: str = "pytorch",
                  base_model: str | None = None) -> str:
     """The Hugging Face YAML header: library, base model (when given), tags, dataset, metrics and model-index
@@ -137,7 +142,7 @@ def front_matter(state: dict, summary: dict, dataset: str, library: str = "pytor
                             dataset=dict(name=dataset, type=hub or dataset,
                                          split=split), metrics=metrics))
     meta = dict(library_name=library, pipeline_tag="audio-classification",
-                tags=["audio-classification", *input_of(cfg)[1], cfg.get("arch", "model"), "mel-classifier"])
+                tags=["audio-classification", *input_of(cfg)[1], arch_tag(cfg.get("arch", "model")), "mel-classifier"])
     if base_model:
         meta["base_model"] = base_model
     if hub:
@@ -197,7 +202,8 @@ def data_section(state: dict, dataset: str) -> list[str]:
 
 
 def group_lines(state: dict) -> list[str]:
-    """Markdown line naming the groups (speakers, artists) of each split, when the checkpoint records them."""
+    """Markdown line naming the groups (speakers, artists) of each split, when the checkpoint records them, and
+    whether any group is in two splits (possible when the data brings its own splits: split=predefined)."""
     record = state.get("split_record") or {}
     if not any(part.get("groups") for part in record.values()):
         return []
@@ -206,6 +212,12 @@ def group_lines(state: dict) -> list[str]:
     parts = "; ".join(f"{name}: {', '.join(map(str, part['groups'][:8]))}"
                       + (f" (+{len(part['groups']) - 8} more)" if len(part["groups"]) > 8 else "")
                       for name, part in record.items())
+    seen = Counter(g for part in record.values() for g in set(part.get("groups", [])))
+    shared = sorted(str(g) for g, n in seen.items() if n > 1)
+    if shared:
+        return [f"- Groups from {source} ({parts}); {len(shared)} of them are in more than one split "
+                f"({', '.join(shared[:8])}{' ...' if len(shared) > 8 else ''}), so test does not measure unseen "
+                "groups only."]
     return [f"- Groups from {source}, none in two splits ({parts}), so test measures unseen groups."]
 
 
@@ -249,8 +261,9 @@ def history_section(history: list[dict]) -> list[str]:
     return lines + ["", "</details>", ""]
 
 
-def config_section(cfg: dict) -> list[str]:
-    """Markdown lines: the keys that matter, the full config (collapsed) and the library versions."""
+def config_section(cfg: dict, writer: str) -> list[str]:
+    """Markdown lines: the keys that matter, the full config (collapsed) and the library versions of the
+    process that writes the card (``writer`` says which)."""
     import torch
     try:
         import torchaudio
@@ -261,7 +274,7 @@ def config_section(cfg: dict) -> list[str]:
     return ["## Configuration and environment", "", "| key | value |", "|---|---|", *rows, "",
             "<details><summary>full training config</summary>", "", "```json",
             json.dumps(cfg, indent=2, default=str), "```", "", "</details>", "",
-            f"Environment of the process that wrote this card (train.py writes it at the end of training): "
+            f"Environment of the process that wrote this card ({writer}): "
             f"torch {torch.__version__}{audio}, Python {platform.python_version()}, {platform.system()} "
             f"{platform.machine()}; device setting `{cfg.get('device', 'auto')}`.", ""]
 
@@ -312,24 +325,28 @@ def render_model_card(run_dir: Path, state: dict, metrics: dict, history: list[d
     cfg, names = state["config"], state["label_names"]
     summary, dataset = metrics_summary(metrics), dataset_name(cfg)
     name = state.get("experiment_name") or run_dir.name
+    epoch = state.get("epoch", "?")
+    if export:
+        folder, extra_files = Path(export["folder"]), {"export.json"}  # export.py writes it after the card
+        head = front_matter(state, summary, dataset, "transformers", export.get("base_model"))
+        holds = (f"this folder holds the weights of its epoch {epoch} as a transformers model. Every number below "
+                 "comes from the run's files")
+        first, last = transformers_section(state, export["model"], export["window_samples"]), []
+        writer = "export.py --format hf wrote it"
+    else:
+        folder, extra_files, head = run_dir, set(), front_matter(state, summary, dataset)
+        holds = f"`best.pt` holds epoch {epoch}. Every number below comes from this folder's files"
+        first, last = [], usage_section(run_dir)
+        writer = "train.py writes it at the end of training"
     tracked = (f" SwanLab: project `{state['swanlab_project']}`, experiment `{name}`."
                if state.get("swanlab_project") and cfg.get("swanlab_mode") != "disabled" else "")
-    holds = ("this folder holds its weights as a transformers model" if export else
-             f"`best.pt` holds epoch {state.get('epoch', '?')}")
     intro = (f"# {name}\n\nAn audio classifier for {len(names)} classes of {dataset} "
              f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}): a `{cfg.get('arch')}` on "
              f"{input_of(cfg)[0]}, trained for {cfg.get('num_epochs', '?')} epochs with the mel-classifier trainer "
-             f"(`train.py`); {holds} (epoch {state.get('epoch', '?')}). Every number below comes from the run's "
-             f"files.{tracked}\n")
-    folder = Path(export["folder"]) if export else run_dir
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    head = (front_matter(state, summary, dataset, "transformers", export.get("base_model")) if export else
-            front_matter(state, summary, dataset))
-    usage = (transformers_section(state, export["model"], export["window_samples"]) if export else
-             usage_section(run_dir))
-    parts = [head, intro, *(usage if export else []), *results_section(state, summary, folder),
-             *data_section(state, dataset), *model_section(state), *history_section(history),
-             *config_section(cfg), *([] if export else usage), "## Files", "",
+             f"(`train.py`); {holds}.{tracked}\n")
+    files = sorted({p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} | extra_files)
+    parts = [head, intro, *first, *results_section(state, summary, folder), *data_section(state, dataset),
+             *model_section(state), *history_section(history), *config_section(cfg, writer), *last, "## Files", "",
              *[f"- `{f}`" for f in files if f != CARD], ""]
     return "\n".join(parts)
 

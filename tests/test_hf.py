@@ -252,7 +252,8 @@ def test_a_calibration_temperature_is_folded_into_the_exported_head(hf_run, tmp_
     out = tmp_path / "export"
     assert export.main([str(tmp_path / "calibrated.pt"), "--format=hf", f"--out={out}"]) == 0
     spec = json.loads((out / "export.json").read_text())
-    assert spec["exported_with"]["temperature"] == 2.5 and spec["calibration"] == {"temperature": 2.5}
+    assert spec["exported_with"]["temperature"] == 2.5
+    assert spec["calibration"] == {"temperature": 1.0, "folded_into_network": 2.5}  # never divided twice
     assert spec["parity"]["max_abs_logit_diff"] < 1e-4  # against the checkpoint's logits / 2.5
     clf, exported = Classifier.from_checkpoint(tmp_path / "calibrated.pt", "cpu"), Classifier.load(out, "cpu")
     windows = torch.randn(3, 1, 1, clf.window, generator=torch.Generator().manual_seed(0)) * 0.1
@@ -424,12 +425,16 @@ def test_a_dataset_of_loose_audio_files_says_it_needs_torchcodec_or_the_folder_r
         open_dataset(str(tmp_path))
 
 
-def test_predefined_split_from_a_csv_column(tmp_path):
+def test_predefined_split_from_a_csv_column_and_the_card_on_groups_it_shares(tmp_path):
+    from experiment.model_card import group_lines
     df = pd.DataFrame(dict(path=[f"/x/{i}.wav" for i in range(12)], label=["a", "b"] * 6,
                            split=["train"] * 6 + ["val"] * 2 + ["test"] * 2 + ["extra"] * 2))
     with pytest.warns(UserWarning, match="part\\(s\\) \\['extra'\\] left out"):
         parts = make_splits(df, "predefined")
     assert {k: len(v) for k, v in parts.items()} == {"train": 6, "val": 2, "test": 2}
+    state = dict(config=dict(group_pattern="x"), split_record=dict(train=dict(groups=["ann", "bob"]),
+                                                                   test=dict(groups=["bob"])))
+    assert "1 of them are in more than one split (bob)" in group_lines(state)[0]
 
 
 def test_evaluate_rebuilds_the_hf_runs_test_split(hf_run, capsys):
