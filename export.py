@@ -168,20 +168,21 @@ def export_spec(args: argparse.Namespace, clf: Classifier, ckpt: Path, run_dir: 
     """export.json's content: the format and network file, labels, input and output, the front end and
     windows, the training config, splits, calibration and metrics, how it was exported and the parity.
 
-    ``calibration`` is the checkpoint's, except when the format folded its temperature into the network
-    (``how["temperature"]``, the hf format): then the network's logits are calibrated already, and it reads
-    ``{"temperature": 1.0, "folded_into_network": T}`` so that nothing divides them again."""
+    ``calibration`` (only when the checkpoint has one) is its record, except when the format folded the
+    temperature into the network (``how["temperature"]``, the hf format): the network's logits are calibrated
+    already, so the record's ``temperature`` is 1.0 (nothing divides them again) and ``folded_into_network`` T."""
     cfg = clf.config
     calibration = clf.meta.get("calibration")
-    if "temperature" in how:
-        calibration = {"temperature": 1.0, "folded_into_network": how["temperature"]}
+    if calibration and "temperature" in how:
+        calibration = {**calibration, "temperature": 1.0, "folded_into_network": how["temperature"]}
     return dict(format=args.format, file=FORMATS[args.format].file, backbone=cfg["arch"], label_names=clf.label_names,
                 input=dict(name="input", dtype="float32", shape=["batch", *example.shape[1:]]),
                 output=dict(name="logits", dtype="float32", shape=["batch", len(clf.label_names)]),
                 window_frames=clf.window, hop_frames=clf.hop, sample_rate=clf.sample_rate,
                 clip_seconds=cfg["clip_seconds"], eval_hop_seconds=cfg["eval_hop_seconds"],
                 features=clf.meta["features"], config=cfg, splits=clf.meta.get("splits"),
-                experiment_name=clf.meta.get("experiment_name"), calibration=calibration,
+                experiment_name=clf.meta.get("experiment_name"),
+                **({"calibration": calibration} if calibration else {}),
                 epoch=clf.meta.get("epoch"), best=clf.meta.get("best"), metrics=metrics_summary(read_metrics(run_dir)),
                 exported_from=str(ckpt), exported_with=dict(how, torch=torch.__version__), parity=parity)
 

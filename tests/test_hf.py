@@ -48,6 +48,7 @@ def hf_cache(tmp_path_factory):
     datasets.disable_progress_bars()
     yield datasets.config.HF_DATASETS_CACHE
     datasets.config.HF_DATASETS_CACHE = saved
+    datasets.enable_progress_bars()
 
 
 @pytest.fixture(scope="module")
