@@ -113,24 +113,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def data_config(config: dict, args: argparse.Namespace, run_dir: Path) -> dict:
-    """The checkpoint's training config with this command's data overrides; never rescans by itself."""
+    """The checkpoint's training config with this command's data overrides; never rescans by itself. A run on
+    a Hugging Face dataset (``hf_dataset``) reads it again, unless --data_root points at a folder instead."""
     cfg = dict(config, rebuild_index=False)
     if args.data_root:
-        cfg["data_root"] = args.data_root
+        cfg["data_root"], cfg["hf_dataset"] = args.data_root, ""
         cfg["csv_path"] = args.csv_path or str(run_dir / "eval_index.csv")
     elif args.csv_path:
         cfg["csv_path"] = args.csv_path
     if args.cache_dir:
         cfg["cache_dir"] = args.cache_dir
-    if not Path(cfg["data_root"]).is_dir():
+    if not cfg.get("hf_dataset") and not Path(cfg["data_root"]).is_dir():
         raise DataError(f"the checkpoint's data folder {cfg['data_root']} does not exist. If the data moved, "
                         f"pass --data_root=<its new place>.")
     return cfg
 
 
-def check_split_exists(split: str, cfg: dict) -> None:
-    """Raise DataError naming the run's splits when ``split`` is not one of them."""
-    parts = split_parts(cfg)
+def run_parts(cfg: dict, meta: dict) -> tuple[str, ...]:
+    """The parts the run was trained with: those its checkpoint records, else those its split makes (a
+    ``predefined`` split has a test part only when the data has one)."""
+    return tuple(meta.get("splits") or split_parts(cfg))
+
+
+def check_split_exists(split: str, cfg: dict, parts: tuple[str, ...]) -> None:
+    """Raise DataError naming the run's ``parts`` when ``split`` is not one of them."""
     if split not in parts:
         raise DataError(f"--split={split}: this run was trained with split={cfg['split']}, which has only "
                         f"{'/'.join(parts)}. For a held-out test split, train with --split=stratified "
@@ -208,7 +214,8 @@ def external_config(config: dict, args: argparse.Namespace, run_dir: Path):
     out_dir = Path(args.out_dir) if args.out_dir else run_dir / f"eval_{name}"
     csv_path = args.csv_path or (out_dir / "index.csv" if args.data_root else config["csv_path"])
     cfg = dict(config, split="all", folds=0, group_pattern="", rebuild_index=False, data_root=root,
-               csv_path=str(csv_path), cache_dir=args.cache_dir or config["cache_dir"])
+               csv_path=str(csv_path), cache_dir=args.cache_dir or config["cache_dir"],
+               hf_dataset="" if args.csv or args.data_root else config.get("hf_dataset", ""))
     return cfg, index, out_dir
 
 
@@ -320,11 +327,12 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt = ckpt / "best.pt"
     run_dir = ckpt.parent
     clf = Classifier.from_checkpoint(ckpt, args.device)
-    split = args.split or ("all" if args.csv else "test" if "test" in split_parts(clf.config) else "val")
+    parts = run_parts(clf.config, clf.meta)
+    split = args.split or ("all" if args.csv else "test" if "test" in parts else "val")
     if split == "all":
         cfg, index, out_dir = external_config(clf.config, args, run_dir)
     else:
-        check_split_exists(split, clf.config)
+        check_split_exists(split, clf.config, parts)
         cfg, index, out_dir = data_config(clf.config, args, run_dir), None, run_dir
     data = prepare_data(cfg, clf.frontend, label_names=clf.label_names,
                         num_workers=max(args.num_workers, torch.multiprocessing.cpu_count() or 1), index=index)

@@ -6,6 +6,8 @@ audio-pretrained backbone (PANNs CNN14, AST, wav2vec2 / HuBERT / DistilHuBERT) o
     python train.py --arch=cnn14                     # the backbone sets its front end (32 kHz PANNs log-mel)
     python train.py --preset=demo,distilhubert       # demo's data with DistilHuBERT's published recipe
     python train.py --data_root=my_audio --arch=resnet50 --resize=320 --learning_rate=3e-4
+    python train.py --hf_dataset=user/name           # a Hugging Face dataset (Hub id or local copy), its own splits
+    python train.py --arch=hf:facebook/wav2vec2-base # any Hugging Face audio-classification checkpoint (id or folder)
     python train.py --resume=runs/<run>              # continue from runs/<run>/last.pt
     torchrun --nproc_per_node=4 train.py             # DistributedDataParallel, one process per GPU
 
@@ -39,12 +41,13 @@ from tqdm import tqdm
 
 from augment import AUGMENTATIONS, build_augment, speed_factors
 from augment import check_config as check_augment
-from data import DataError, find_data_root, prepare_data
+from data import DataError, check_data_source, prepare_data
 from data.cache import FeatureCache
 from data.dataset import (ClipDataset, EpochSampler, TrackDataset, class_balance_weights, collate_clips,
                           collate_tracks)
 from data.demo import make_demo_dataset
 from data.features import build_features, build_input_transform, normalisation_for, window_frames
+from data.hf_dataset import default_split
 from evaluation import predict_tracks, track_loss
 from evaluation.calibration import calibration_report, fit_calibration, store_calibration
 from evaluation.cross_validation import fold_finished, fold_run_dirs, format_summary, summarize_folds
@@ -68,7 +71,7 @@ CONFIG = dict(
     data_root="",                  # folder of <label>/<audio files>; empty: ./GTZAN (its genres_original/ or genres/)
     csv_path="audio_dataset.csv",  # the index (path,label); rebuilt when it does not match data_root
     rebuild_index=False,           # rescan data_root even when csv_path matches it
-    split="tutorial",              # tutorial: per-label 80/20 train/val (the reference's) | stratified | fault_filtered
+    split="tutorial",              # tutorial: per-label 80/20 train/val (the reference's) | stratified | fault_filtered | predefined
     val_size=0.2,                  # validation fraction (tutorial: of each label; stratified: of all tracks)
     test_size=0.1,                 # test fraction (split=stratified)
     split_seed=42,                 # random_state of the splits (the tutorial's 42)
@@ -76,6 +79,11 @@ CONFIG = dict(
     folds=0,                       # 0: off | K >= 2: K-fold cross-validation (group-, label-stratified) replaces split
     fold=-1,                       # -1: run the K folds one after another | i: fold i only (with experiment_name)
     balanced_sampler=False,        # draw training clips class-balanced (WeightedRandomSampler, 1 / class count)
+    hf_dataset="",                 # Hugging Face dataset: Hub id or local copy, instead of data_root (split: predefined)
+    hf_config="",                  # its configuration (subset) name; empty: the default one
+    hf_audio_column="",            # its audio column; empty: the one Audio column
+    hf_label_column="",            # its label column; empty: the one ClassLabel column (its order gives the class ids)
+    hf_splits="",                  # which of its splits are train/val/test, e.g. train=train,val=dev; empty: by name
     # --- features ---
     sample_rate=22050,             # Hz; every file is down-mixed to mono and resampled to it
     n_fft=2048,                    # STFT size, samples
@@ -124,7 +132,7 @@ CONFIG = dict(
     gain_p=0.5,                    # probability of a gain change per clip
     mixup_alpha=0.2,               # mixup Beta(alpha, alpha) on images and labels; 0 disables
     # --- model ---
-    arch="resnet18",               # resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d
+    arch="resnet18",               # resnet18/50..., cnn14, ast, distilhubert... (models/registry.py) | hf:<model id/folder>
     pretrained=True,               # start from the published weights (ImageNet, AudioSet...; downloaded once)
     weights="",                    # local weights file (ImageNet, CNN14) or Hugging Face folder; empty: download
     freeze_backbone=False,         # train only the new head (a linear probe; BatchNorm statistics kept)
@@ -204,7 +212,8 @@ PRESETS = {
 }
 # Keys that define the data, features and model: a resumed run keeps them.
 LOCKED_ON_RESUME = ("data_root", "csv_path", "split", "val_size", "test_size", "split_seed", "group_pattern", "folds",
-                    "fold", "sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "scale", "top_db",
+                    "fold", "hf_dataset", "hf_config", "hf_audio_column", "hf_label_column", "hf_splits",
+                    "sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "scale", "top_db",
                     "clip_seconds", "resize", "arch", "frontend", "input_layout", "normalization", "norm_mean",
                     "norm_std", "freeze_backbone", "freeze_feature_encoder", "head_lr_multiplier", "grad_accum_steps",
                     "lr_schedule", "warmup_ratio")
@@ -276,7 +285,7 @@ def read_config(argv: list[str]) -> tuple[dict, dict | None]:
             raise ConfigError(f"--resume keeps the data, features and model of the run; cannot change {changed}")
         cfg = {**given, "resume": cfg["resume"]}
     else:
-        cfg = resolve_frontend(cfg, explicit_keys(argv))
+        cfg = default_split(resolve_frontend(cfg, explicit_keys(argv)), explicit_keys(argv))
     if cfg["swanlab_mode"] not in MODES:
         raise ConfigError(f"--swanlab_mode={cfg['swanlab_mode']}: choose one of {', '.join(m or '(empty)' for m in MODES)}")
     if cfg["features_on"] not in ("device", "item"):
@@ -407,7 +416,7 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     if "demo" in cfg["preset"].split(",") and main_rank:
         make_demo_dataset(cfg["data_root"])
     if cfg["pretrained"] and not resumed and main_rank:
-        find_data_root(cfg["data_root"])  # a missing dataset is reported first
+        check_data_source(cfg)  # a missing dataset is reported first
         fetch_weights(cfg)
     frontend, _ = build_features(cfg)  # also checks the layout and normalisation before minutes of features
     clip_frames, hop_frames = window_frames(cfg, frontend)

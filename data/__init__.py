@@ -1,6 +1,7 @@
 """Data pipeline: index (audio_dataset.csv) -> splits -> cached whole-track spectrograms -> datasets.
 
-``prepare_data`` is the one entry point used by train.py and evaluate.py.
+``prepare_data`` is the one entry point used by train.py and evaluate.py. The index comes from a folder of
+``<label>/<audio files>`` (``data_root``), a CSV, or a Hugging Face dataset (``hf_dataset``, ``data.hf_dataset``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 from torch import nn
 
 from data.cache import FeatureCache
+from data.hf_dataset import hf_index, open_dataset
 from data.index import DataError, Index, find_data_root, load_or_build_index, read_index, warn_skipped
 from data.splits import GROUP, assign_groups, split_tracks
 from data.splits import label_names as sorted_label_names
@@ -47,6 +49,15 @@ class PreparedData:
                 for name, part in self.splits.items()}
 
 
+def check_data_source(cfg: dict) -> None:
+    """Fail early when the run's data is missing: the folder ``data_root`` (see ``find_data_root``) or the Hugging
+    Face dataset ``hf_dataset`` (opened: offline, a dataset that is not cached fails here). Raises DataError."""
+    if cfg.get("hf_dataset"):
+        open_dataset(cfg["hf_dataset"], cfg.get("hf_config", ""))
+    else:
+        find_data_root(cfg["data_root"])
+
+
 def prepare_data(cfg: dict, frontend: nn.Module, is_main: bool = True, barrier=lambda: None,
                  label_names: list[str] | None = None, num_workers: int = 0, show_progress: bool = True,
                  index: Index | None = None) -> PreparedData:
@@ -55,7 +66,9 @@ def prepare_data(cfg: dict, frontend: nn.Module, is_main: bool = True, barrier=l
 
     Rank 0 (``is_main``) writes the index and fills the cache while the other ranks wait at ``barrier``;
     then every rank reads them. ``index`` (e.g. ``read_index`` of a user's CSV) replaces that step; paths are
-    then relative to the CSV's folder. ``label_names`` (from a checkpoint) fixes the class ids; a label in
+    then relative to the CSV's folder. With ``cfg["hf_dataset"]`` the index is that dataset's
+    (``data.hf_dataset.hf_index``: its audio extracted under ``cache_dir``, its splits in a ``split`` column and its
+    ClassLabel order as the class ids). ``label_names`` (from a checkpoint) fixes the class ids; a label in
     the data that it does not contain is an error that lists both sets.
     Groups come from the index's ``group`` column or ``cfg["group_pattern"]``, and the parts from
     ``data.splits.split_tracks(cfg)``: k-fold when ``cfg["folds"]`` >= 2 (fold ``cfg["fold"]``), else
@@ -65,6 +78,8 @@ def prepare_data(cfg: dict, frontend: nn.Module, is_main: bool = True, barrier=l
         DataError: no data, one class, an empty split, every clip of a split unusable, unknown labels, a group
         pattern that matches nothing, groups with split=tutorial, split=all for training.
     """
+    if index is None and cfg.get("hf_dataset"):
+        index = hf_index(cfg, is_main, barrier, show_progress)
     if index is None:
         data_root = find_data_root(cfg["data_root"])
         csv_path = Path(cfg["csv_path"])
@@ -75,7 +90,7 @@ def prepare_data(cfg: dict, frontend: nn.Module, is_main: bool = True, barrier=l
             index = read_index(csv_path)
     else:
         data_root = index.csv_path.parent
-    names = list(label_names) if label_names is not None else sorted_label_names(index.df.label)
+    names = list(label_names if label_names is not None else index.label_names or sorted_label_names(index.df.label))
     unknown = sorted(set(index.df.label) - set(names))
     if unknown:
         raise DataError(f"label(s) {unknown} in {index.csv_path} are not among the checkpoint's classes {names} "

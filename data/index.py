@@ -1,4 +1,4 @@
-"""The dataset index: ``audio_dataset.csv`` with columns ``path,label`` and, optionally, ``group``.
+"""The dataset index: ``audio_dataset.csv`` with columns ``path,label`` and, optionally, ``group`` and ``split``.
 
 Layouts found under a data root (the first that exists wins):
     <root>/genres_original/<label>/*.wav   (Kaggle GTZAN)
@@ -8,6 +8,8 @@ Layouts found under a data root (the first that exists wins):
 Paths are stored relative to the CSV's folder when possible, so a project folder can move.
 A ``group`` column (speaker, artist, session; written by the user, never by the scan) is kept when the CSV is
 read and makes the splits group-aware (``data.splits``); rebuilding the index rescans the folders and drops it.
+A ``split`` column (train/val/test per row, written for a Hugging Face dataset by ``data.hf_dataset``) is what
+``split=predefined`` keeps.
 File names that are not valid UTF-8 survive the round trip (written with ``surrogateescape``).
 """
 from __future__ import annotations
@@ -40,11 +42,13 @@ class DataError(Exception):
 
 @dataclass
 class Index:
-    """A loaded index. ``df`` has columns ``path`` (absolute), ``label`` and, when the CSV has one, ``group``;
-    ``skipped`` lists (path, reason)."""
+    """A loaded index. ``df`` has columns ``path`` (absolute), ``label`` and, when the CSV has them, ``group`` and
+    ``split`` (a predefined part: train, val or test); ``skipped`` lists (path, reason). ``label_names``: the
+    class names in the data's own order (a Hugging Face ``ClassLabel``); None: sorted labels."""
     df: pd.DataFrame
     csv_path: Path
     skipped: list = field(default_factory=list)
+    label_names: list[str] | None = None
 
 
 def find_data_root(data_root: str | os.PathLike | None, default: str = "GTZAN") -> Path:
@@ -147,8 +151,8 @@ def warn_skipped(skipped: list, when: str) -> None:
 def read_index(csv_path: Path) -> Index:
     """Read an index CSV; paths are resolved against the CSV's folder.
 
-    Rows whose file no longer exists are dropped with one warning. A ``group`` column is kept (other extra
-    columns are not).
+    Rows whose file no longer exists are dropped with one warning. ``group`` and ``split`` columns are kept
+    (other extra columns are not).
     Raises:
         DataError: the CSV is unreadable, lacks ``path``/``label`` columns, or lists no existing file.
     """
@@ -162,13 +166,14 @@ def read_index(csv_path: Path) -> Index:
     if missing:
         raise DataError(f"{csv_path}: needs the columns 'path' and 'label' but has {list(df.columns)} "
                         f"(missing {sorted(missing)}). Fix the header, or pass --rebuild_index=True to regenerate it.")
-    df = df[[c for c in ("path", "label", "group") if c in df.columns]]
+    extra = [c for c in ("group", "split") if c in df.columns]
+    df = df[["path", "label", *extra]]
     blank = (df.path.str.strip() == "") | (df.label.str.strip() == "")
     if blank.any():
         warnings.warn(f"{csv_path}: {int(blank.sum())} row(s) with an empty path or label ignored", stacklevel=2)
         df = df[~blank]
     paths = [p if os.path.isabs(p) else os.path.normpath(csv_path.parent / p) for p in df.path]
-    columns = {"path": paths, "label": df.label.values} | ({"group": df.group.values} if "group" in df else {})
+    columns = {"path": paths, "label": df.label.values} | {c: df[c].values for c in extra}
     df = pd.DataFrame(columns, dtype=object)  # pandas 3's Arrow strings reject the surrogate escapes of
     exists = df.path.map(os.path.exists)      # non-UTF-8 file names; object columns keep them
     skipped = [(p, "listed in the CSV but the file does not exist") for p in df.path[~exists]]

@@ -9,6 +9,9 @@ Splits (the ``split`` config key; :data:`SPLITS` is the registry, one entry per 
 * ``stratified``: stratified train/val/test with ``val_size`` and ``test_size`` (fractions of all tracks).
 * ``fault_filtered``: the artist-filtered, fault-filtered GTZAN split of Kereliuk, Sturm & Larsen (2015),
   443/197/290 tracks, as shipped by ``torchaudio.datasets.gtzan`` (the standard protocol in MIR papers).
+* ``predefined``: the parts the index's ``split`` column names (``train``, ``val``, ``test``): a Hugging Face
+  dataset's own splits (``data.hf_dataset``, the default with ``--hf_dataset``) or a user's CSV column. Without
+  ``val`` rows, val is drawn from train (:func:`split_predefined`); without ``test`` rows there is no test part.
 * ``all``: every track as one part named ``all`` (``evaluate.py --split=all`` on any labelled folder or CSV);
   it has no training part, so training refuses it.
 * k-fold cross-validation: ``folds`` = K >= 2 replaces ``split`` (:func:`make_folds`, fold ``fold`` = i in
@@ -31,7 +34,8 @@ one warning listing them. How each split treats groups (:attr:`SplitKind.groups`
   ``split=stratified`` (or k-fold).
 * ``fault_filtered`` ("ignore"): groups are ignored with a warning; the published split is already
   artist-filtered.
-* ``all`` ("keep"): groups are only recorded.
+* ``predefined`` and ``all`` ("keep"): groups are only recorded (the data's own parts are kept as they are; a
+  val part drawn from train keeps whole groups together).
 
 Checks: a class absent from the training part is a DataError. A class absent from val or test (possible with
 groups or many folds, since whole groups move) is a warning naming the part and the classes: their per-class
@@ -52,6 +56,8 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from data.index import DataError
 
 GROUP = "group"  # the column of a track's group, in the index CSV and in every split DataFrame that has groups
+SPLIT_COLUMN = "split"  # the column of a track's predefined part (train / val / test), for split=predefined
+PREDEFINED_PARTS = ("train", "val", "test")
 
 
 def label_names(labels) -> list[str]:
@@ -243,6 +249,36 @@ def split_fault_filtered(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def split_predefined(df: pd.DataFrame, val_size: float = 0.2, split_seed: int = 42) -> dict[str, pd.DataFrame]:
+    """The parts named by the ``split`` column of ``df`` (:data:`PREDEFINED_PARTS`), without that column.
+
+    Without ``val`` rows, val is fold 0 of ``round(1 / val_size)`` label-stratified folds of the train part
+    (``StratifiedGroupKFold``, ``split_seed``; whole groups when ``df`` has them), printed as such; without
+    ``test`` rows there is no test part. Rows of other parts are left out with one warning.
+    Raises DataError: no ``split`` column, or no ``train`` row.
+    """
+    if SPLIT_COLUMN not in df.columns:
+        raise DataError(f"split=predefined needs a '{SPLIT_COLUMN}' column in the index naming each track's part "
+                        f"({', '.join(PREDEFINED_PARTS)}): --hf_dataset writes one, or add it to your CSV. Or "
+                        "choose another --split (tutorial, stratified).")
+    other = sorted(set(df[SPLIT_COLUMN]) - set(PREDEFINED_PARTS))
+    if other:
+        warnings.warn(f"split=predefined: {int((~df[SPLIT_COLUMN].isin(PREDEFINED_PARTS)).sum())} track(s) of "
+                      f"part(s) {other} left out (parts: {', '.join(PREDEFINED_PARTS)})", stacklevel=3)
+    parts = {name: df[df[SPLIT_COLUMN] == name].drop(columns=SPLIT_COLUMN) for name in PREDEFINED_PARTS}
+    if parts["train"].empty:
+        raise DataError(f"split=predefined: no track is in the train part (the '{SPLIT_COLUMN}' column holds "
+                        f"{sorted(set(df[SPLIT_COLUMN]))})")
+    if parts["val"].empty:
+        train = sort_tracks(parts["train"])
+        groups = (train[GROUP] if GROUP in train.columns else train.path).nunique()
+        parts["train"], parts["val"] = _group_fold(train, _n_folds(val_size, groups), 0, split_seed,
+                                                   "split=predefined (val drawn from train)")
+        print(f"split=predefined: the data has no val part; val = {len(parts['val'])} of its {len(train)} train "
+              f"tracks (val_size={val_size}, split_seed={split_seed})")
+    return {name: part for name, part in parts.items() if not part.empty}
+
+
 @dataclass(frozen=True)
 class SplitKind:
     """One entry of :data:`SPLITS`.
@@ -261,6 +297,7 @@ SPLITS = {
     "stratified": SplitKind(("train", "val", "test"), split_stratified, "split"),
     "fault_filtered": SplitKind(("train", "val", "test"), lambda df, val, test, seed: split_fault_filtered(df),
                                 "ignore"),
+    "predefined": SplitKind(PREDEFINED_PARTS, lambda df, val, test, seed: split_predefined(df, val, seed), "keep"),
     "all": SplitKind(("all",), lambda df, val, test, seed: {"all": df}, "keep"),
 }
 # The parts each split makes: evaluate.py checks a requested part before loading any audio.

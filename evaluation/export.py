@@ -1,4 +1,5 @@
-"""Exported networks: the model alone as ONNX or TorchScript, and ``export.json`` with everything else.
+"""Exported networks: the model alone as ONNX or TorchScript, or as a Hugging Face ``transformers`` model folder,
+and ``export.json`` with everything else.
 
 An export folder (written by ``export.py``, read by :meth:`evaluation.classifier.Classifier.from_export`)::
 
@@ -14,12 +15,25 @@ The front end (decoding, resampling, STFT/log-mel) and the input transform (norm
 stay outside the graph: STFT ops export poorly (``torch.stft`` has no ONNX op before opset 17 and complex
 tensors none at all), and keeping them in Python means one feature pipeline for checkpoints and exports.
 
-:data:`FORMATS` is the registry of output formats: adding one is one entry (file name, save, load).
+The ``hf`` format (transformers-based backbones: AST, the wav2vec2 family, any ``hf:`` arch) is a folder that
+``transformers.pipeline("audio-classification", model=FOLDER)`` loads: ``save_pretrained`` weights
+(``model.safetensors``) and ``config.json`` with the run's ``id2label``/``label2id``, the feature extractor
+that computes the run's input (``preprocessor_config.json``, ``models.hub.FEATURE_EXTRACTORS``), the model card
+(``README.md``, with its confusion matrices) and ``export.json``. A checkpoint's calibration temperature
+(``state["calibration"]["temperature"]``) is folded into the classification layer (weight and bias divided by
+it), so pipeline()'s softmax gives the calibrated probabilities.
+
+:data:`FORMATS` is the registry of output formats: adding one is one entry (file name, save, load, the
+backbone families it exports).
 """
 from __future__ import annotations
 
+import copy
+import importlib
 import importlib.util
 import json
+import math
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +42,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from evaluation.calibration import temperature_of
 from experiment.checkpoint import CheckpointError, write_atomic
+from experiment.model_card import render_export_card
 
 EXPORT_JSON = "export.json"
 ONNX_OPSET = 18  # what the torch.export-based exporter writes natively (>= 17 has STFT); onnxruntime >= 1.14 runs it
@@ -106,17 +122,116 @@ def load_torchscript(path: Path, device: torch.device) -> nn.Module:
                           f"python export.py <run folder> --format torchscript") from None
 
 
+def fold_temperature(model: nn.Module, temperature: float) -> nn.Linear:
+    """Divide the weight and bias of ``model``'s last ``nn.Linear`` with ``config.num_labels`` outputs (its
+    classification layer) by ``temperature`` in place, so its logits become ``logits / temperature``; returns
+    that layer. Raises ExportError when there is none."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == model.config.num_labels]
+    if not layers:
+        raise ExportError(f"{type(model).__name__} has no linear layer with {model.config.num_labels} outputs to "
+                          "fold the calibration temperature into")
+    with torch.no_grad():
+        layers[-1].weight.div_(temperature)
+        if layers[-1].bias is not None:
+            layers[-1].bias.div_(temperature)
+    return layers[-1]
+
+
+def window_samples(frontend: nn.Module, frames: int) -> int:
+    """The clip length, in samples at the front end's rate, that gives exactly ``frames`` frames (one window):
+    ``frames`` for the waveform, ``n_fft + (frames - 1) * hop_length`` for the Kaldi fbank (whole frames only)."""
+    return frames if frontend.name == "waveform" else frontend.n_fft + (frames - 1) * frontend.hop_length
+
+
+def save_transformers(clf, example: torch.Tensor, folder: Path, run_dir: Path, location: str) -> dict:
+    """Write ``clf``'s transformers model as a Hugging Face model folder (see the module docstring); returns how,
+    for export.json (``temperature``: the one folded in, 1.0 for none). ``location``: where users will load it
+    from (the output folder or the Hub id), for the model card.
+
+    Raises ExportError (no transformers model inside, an uncalibratable head) or ConfigError (a front end or
+    normalisation no transformers feature extractor computes).
+    """
+    from models.hub import feature_extractor
+    transformers = importlib.import_module("transformers")
+    inner = getattr(clf.model, "transformer", None)
+    if not isinstance(inner, transformers.PreTrainedModel):
+        raise ExportError(f"{clf.config.get('arch')} holds no transformers model")
+    model = copy.deepcopy(inner).cpu().eval()
+    temperature = temperature_of(clf.meta)
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ExportError(f"the checkpoint's calibration temperature is {temperature}; it must be a positive number")
+    if temperature != 1.0:
+        fold_temperature(model, temperature)
+    model.config.id2label = dict(enumerate(clf.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(clf.label_names)}
+    model.save_pretrained(folder)
+    transform = clf.input_transform
+    feature_extractor(clf.config, transform.mean, transform.std, model.config).save_pretrained(folder)
+    for png in sorted(Path(run_dir).glob("confusion_matrix_*.png")):
+        shutil.copy(png, folder / png.name)
+    state = {**clf.meta, "config": clf.config}
+    card = render_export_card(run_dir, state, folder, location, _base_model(clf.config),
+                              window_samples(clf.frontend, clf.window))
+    (folder / "README.md").write_text(card, encoding="utf-8")
+    return dict(exporter="transformers save_pretrained (safetensors)", transformers=transformers.__version__,
+                temperature=temperature)
+
+
+def _base_model(cfg: dict) -> str | None:
+    """The Hub id the run was fine-tuned from (``pretrained`` from a Hub model, not a local folder), else None."""
+    from models import get_backbone
+    from models.hub import source_of
+    if not cfg.get("pretrained") or cfg.get("weights"):
+        return None
+    source = source_of(cfg["arch"])
+    weights = source if source is not None else get_backbone(cfg["arch"]).weights
+    return None if Path(weights).expanduser().is_dir() else weights
+
+
+def load_transformers(folder: Path, device: torch.device) -> nn.Module:
+    """The model of a Hugging Face folder written by :func:`save_transformers`, in our input layout, on
+    ``device``. Raises ExportError when transformers cannot read it."""
+    from models import hf, hub
+    transformers = importlib.import_module("transformers")
+    try:
+        model = transformers.AutoModelForAudioClassification.from_pretrained(folder, local_files_only=True)
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
+        frontend = hub.frontend_of(extractor, hf.config_dict(model.config))
+    except Exception as err:
+        message = " ".join(str(err).split())[:300]
+        raise ExportError(f"{folder}: transformers cannot read it ({type(err).__name__}: {message}). Export again "
+                          f"with python export.py <run folder> --format hf") from None
+    return hf.wrap(model.eval(), frontend["input_layout"], hf.pad_value(frontend)).to(device)
+
+
+def _onnx(clf, example, folder, run_dir, location, **options) -> dict:
+    return save_onnx(clf.model, example, folder / "model.onnx", **options)
+
+
+def _torchscript(clf, example, folder, run_dir, location) -> dict:
+    return save_torchscript(clf.model, example, folder / "model.torchscript")
+
+
 @dataclass(frozen=True)
 class ExportFormat:
-    file: str                                                # the network's file name inside the folder
-    save: Callable[..., dict]                                # (model, example, path, **options) -> how it was saved
-    load: Callable[[Path, torch.device], nn.Module]          # (path, device) -> network
+    file: str                                        # the network's main file inside the folder
+    save: Callable[..., dict]                        # (classifier, example, folder, run_dir, location, **options)
+    load: Callable[[Path, torch.device], nn.Module]  # (folder, device) -> network
+    families: tuple[str, ...] | None = None          # backbone families (models.FAMILIES) it exports; None: all
 
 
 FORMATS = {
-    "onnx": ExportFormat("model.onnx", save_onnx, lambda path, device: OnnxNetwork(path)),
-    "torchscript": ExportFormat("model.torchscript", save_torchscript, load_torchscript),
+    "onnx": ExportFormat("model.onnx", _onnx, lambda folder, device: OnnxNetwork(folder / "model.onnx")),
+    "torchscript": ExportFormat("model.torchscript", _torchscript,
+                                lambda folder, device: load_torchscript(folder / "model.torchscript", device)),
+    "hf": ExportFormat("model.safetensors", save_transformers, load_transformers,
+                       families=("spectrogram_transformer", "waveform_transformer")),
 }
+
+
+def formats_for(family: str) -> list[str]:
+    """The :data:`FORMATS` that export a backbone of ``family``."""
+    return [name for name, fmt in FORMATS.items() if fmt.families is None or family in fmt.families]
 
 
 def write_export_json(folder: Path, spec: dict) -> Path:
@@ -151,4 +266,4 @@ def read_export(folder, device: torch.device) -> tuple[dict, nn.Module]:
     if not network.is_file():
         raise ExportError(f"{folder}: {network.name} is missing beside {EXPORT_JSON}. Copy the whole folder, "
                           f"or export again")
-    return spec, FORMATS[spec["format"]].load(network, device)
+    return spec, FORMATS[spec["format"]].load(folder, device)

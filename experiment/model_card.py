@@ -6,7 +6,9 @@ so train.py calls it once at the end of training, and ``python -m experiment.mod
 writes it again for any run (e.g. one trained before cards existed). The card is
 readable on its own and upload-ready as a Hugging Face model card: YAML front matter with
 ``library_name``, ``tags``, ``datasets`` (when the data is recognised), ``metrics`` and ``model-index``
-(https://huggingface.co/docs/hub/model-cards).
+(https://huggingface.co/docs/hub/model-cards). :func:`render_export_card` is the same story for a
+``transformers`` model folder (``export.py --format hf``): ``library_name: transformers``, the base model, and
+how ``pipeline("audio-classification")`` uses it.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ SPLIT_PROTOCOLS = {
                          "val, test is held out",
     "fault_filtered": "the artist-filtered, fault-filtered GTZAN split of Kereliuk, Sturm & Larsen (2015) "
                       "(443/197/290 tracks); the checkpoint is chosen on val, test is held out",
+    "predefined": "the data's own train/validation/test splits (a val part missing from the data is drawn from "
+                  "train: val_size={val_size}, random_state={split_seed}); the checkpoint is chosen on val",
 }
 # front end -> (what the card's first line says the network reads, its Hub tags)
 INPUTS = {"logmel": ("log-mel spectrogram images", ["log-mel", "spectrogram"]),
@@ -73,8 +77,12 @@ def dataset_name(cfg: dict) -> str:
     return root.parent.name if root.name in ("genres_original", "genres") else root.name
 
 
-def hub_dataset(label_names: list[str]) -> str | None:
-    """The Hugging Face dataset id when the labels are GTZAN's ten genres (``marsyas/gtzan``), else None."""
+def hub_dataset(label_names: list[str], cfg: dict | None = None) -> str | None:
+    """The Hugging Face dataset id: the run's ``hf_dataset`` when it is a Hub id (not a local folder), else
+    ``marsyas/gtzan`` when the labels are GTZAN's ten genres, else None."""
+    source = (cfg or {}).get("hf_dataset")
+    if source and not Path(source).expanduser().is_dir():
+        return source
     return "marsyas/gtzan" if sorted(label_names) == GTZAN_GENRES else None
 
 
@@ -114,9 +122,17 @@ def interval(ci) -> str:
     return f" ({100 * float(level):g}% CI {100 * float(low):.1f}-{100 * float(high):.1f}%)"
 
 
-def front_matter(state: dict, summary: dict, dataset: str) -> str:
-    """The Hugging Face YAML header: library, tags, dataset, metrics and model-index results (percent)."""
-    cfg, name, hub = state["config"], state.get("experiment_name") or "model", hub_dataset(state["label_names"])
+def arch_tag(arch: str) -> str:
+    """The Hub tag of a backbone: its name, or for ``hf:<model id or folder>`` the last part of the id or path."""
+    return arch[3:].rstrip("/").split("/")[-1] if arch.startswith("hf:") else arch
+
+
+def front_matter(state: dict, summary: dict, dataset: str, library: str = "pytorch",
+                 base_model: str | None = None) -> str:
+    """The Hugging Face YAML header: library, base model (when given), tags, dataset, metrics and model-index
+    results (percent)."""
+    cfg, name = state["config"], state.get("experiment_name") or "model"
+    hub = hub_dataset(state["label_names"], cfg)
     results = []
     for split, m in summary.items():
         metrics = [dict(type="accuracy", name=f"{split} top-1 accuracy (%)", value=round(100 * m["top1"], 2))]
@@ -126,8 +142,10 @@ def front_matter(state: dict, summary: dict, dataset: str) -> str:
         results.append(dict(task=dict(type="audio-classification", name="Audio Classification"),
                             dataset=dict(name=dataset, type=hub or dataset,
                                          split=split), metrics=metrics))
-    meta = dict(library_name="pytorch", pipeline_tag="audio-classification",
-                tags=["audio-classification", *input_of(cfg)[1], cfg.get("arch", "model"), "mel-classifier"])
+    meta = dict(library_name=library, pipeline_tag="audio-classification",
+                tags=["audio-classification", *input_of(cfg)[1], arch_tag(cfg.get("arch", "model")), "mel-classifier"])
+    if base_model:
+        meta["base_model"] = base_model
     if hub:
         meta["datasets"] = [hub]
     meta["metrics"] = ["accuracy", "f1"]
@@ -196,7 +214,10 @@ def data_section(state: dict, dataset: str) -> list[str]:
     protocol = SPLIT_PROTOCOLS.get(f"{cfg.get('split')}{'+groups' if groups else ''}",
                                    SPLIT_PROTOCOLS.get(cfg.get("split"), "split={split}, random_state={split_seed}"))
     protocol = protocol.format(**{k: cfg.get(k, "?") for k in ("split", "val_size", "test_size", "split_seed")})
-    lines = ["## Data", "", f"- Dataset: **{dataset}** (`data_root`: `{cfg.get('data_root') or './GTZAN'}`), "
+    source = (f"Hugging Face dataset `{cfg['hf_dataset']}`" + (f", config `{cfg['hf_config']}`" if cfg.get("hf_config")
+                                                                 else "") + f", audio extracted to `{cfg.get('data_root')}`"
+              if cfg.get("hf_dataset") else f"`data_root`: `{cfg.get('data_root') or './GTZAN'}`")
+    lines = ["## Data", "", f"- Dataset: **{dataset}** ({source}), "
              f"{len(names)} classes: {', '.join(f'`{n}`' for n in names)}.",
              f"- Split `{cfg.get('split', '?')}`: {protocol}." if not cfg.get("folds") else
              f"- Fold {cfg.get('fold')} of {cfg.get('folds')}-fold cross-validation (group- and label-stratified, "
@@ -214,7 +235,8 @@ def data_section(state: dict, dataset: str) -> list[str]:
 
 
 def group_lines(state: dict) -> list[str]:
-    """Markdown line naming the groups (speakers, artists) of each split, when the checkpoint records them."""
+    """Markdown line naming the groups (speakers, artists) of each split, when the checkpoint records them, and
+    whether any group is in two splits (possible when the data brings its own splits: split=predefined)."""
     record = state.get("split_record") or {}
     if not any(part.get("groups") for part in record.values()):
         return []
@@ -223,6 +245,12 @@ def group_lines(state: dict) -> list[str]:
     parts = "; ".join(f"{name}: {', '.join(map(str, part['groups'][:8]))}"
                       + (f" (+{len(part['groups']) - 8} more)" if len(part["groups"]) > 8 else "")
                       for name, part in record.items())
+    seen = Counter(g for part in record.values() for g in set(part.get("groups", [])))
+    shared = sorted(str(g) for g, n in seen.items() if n > 1)
+    if shared:
+        return [f"- Groups from {source} ({parts}); {len(shared)} of them are in more than one split "
+                f"({', '.join(shared[:8])}{' ...' if len(shared) > 8 else ''}), so test does not measure unseen "
+                "groups only."]
     return [f"- Groups from {source}, none in two splits ({parts}), so test measures unseen groups."]
 
 
@@ -276,8 +304,9 @@ def augmentation_text(cfg: dict) -> str:
     return "; ".join(used) or "none"
 
 
-def config_section(cfg: dict) -> list[str]:
-    """Markdown lines: the keys that matter, the full config (collapsed) and the library versions."""
+def config_section(cfg: dict, writer: str) -> list[str]:
+    """Markdown lines: the keys that matter, the full config (collapsed) and the library versions of the
+    process that writes the card (``writer`` says which)."""
     import torch
     try:
         import torchaudio
@@ -289,7 +318,7 @@ def config_section(cfg: dict) -> list[str]:
     return ["## Configuration and environment", "", "| key | value |", "|---|---|", *rows, "",
             "<details><summary>full training config</summary>", "", "```json",
             json.dumps(cfg, indent=2, default=str), "```", "", "</details>", "",
-            f"Environment of the process that wrote this card (train.py writes it at the end of training): "
+            f"Environment of the process that wrote this card ({writer}): "
             f"torch {torch.__version__}{audio}, Python {platform.python_version()}, {platform.system()} "
             f"{platform.machine()}; device setting `{cfg.get('device', 'auto')}`.", ""]
 
@@ -309,25 +338,74 @@ def usage_section(run_dir: Path) -> list[str]:
             f'clf = Classifier.from_checkpoint("{run}")', 'clf.predict("song.mp3", top_k=3)', "```", ""]
 
 
-def render_model_card(run_dir: Path, state: dict, metrics: dict, history: list[dict]) -> str:
-    """The card's Markdown text (see the module docstring) from the run's files, already read."""
+def transformers_section(state: dict, model: str, window_samples: int) -> list[str]:
+    """Markdown lines: how ``pipeline("audio-classification")`` loads the exported ``model`` (a Hub id or
+    folder) and when it gives the trainer's probabilities (``window_samples``: the clip length, in samples at
+    the model's rate, that fills exactly one window)."""
+    cfg = state["config"]
+    rate, fbank = cfg.get("sample_rate"), cfg.get("frontend") == "kaldi_fbank"
+    return ["## Use it with transformers", "", "```python", "import soundfile as sf",
+            "from transformers import pipeline", "",
+            f'classifier = pipeline("audio-classification", model="{model}")',
+            'audio, rate = sf.read("clip.wav", dtype="float32")  # a decoded waveform: no ffmpeg needed',
+            'classifier({"raw": audio.mean(axis=1) if audio.ndim > 1 else audio, "sampling_rate": rate}, top_k=None)',
+            "```", "",
+            f"pipeline() resamples to {rate} Hz and classifies one window. On a clip of exactly {window_samples} "
+            f"samples at {rate} Hz ({window_samples / rate:.3f} s: one {cfg.get('clip_seconds')} s training window) it "
+            "gives the probabilities of the trainer's `Classifier` (to 1e-4), which the Results were computed "
+            f"with. A longer clip: pipeline() {'reads only its first window' if fbank else 'reads it whole'}, where "
+            f"`Classifier` averages the logits of {cfg.get('clip_seconds')} s windows every "
+            f"{cfg.get('eval_hop_seconds')} s. A shorter clip: pipeline() "
+            f"{'pads it at the end' if fbank else 'reads it unpadded'}, where `Classifier` centres it in a padded "
+            "window, so the probabilities differ a little.", ""]
+
+
+def render_model_card(run_dir: Path, state: dict, metrics: dict, history: list[dict],
+                      export: dict | None = None) -> str:
+    """The card's Markdown text (see the module docstring) from the run's files, already read.
+
+    ``export``: for a transformers model folder, ``{"folder", "model", "base_model", "window_samples"}``
+    (see :func:`render_export_card`); the card then describes that folder.
+    """
     cfg, names = state["config"], state["label_names"]
     summary, dataset = metrics_summary(metrics), dataset_name(cfg)
     name = state.get("experiment_name") or run_dir.name
+    epoch = state.get("epoch", "?")
+    if export:
+        folder, extra_files = Path(export["folder"]), {"export.json"}  # export.py writes it after the card
+        head = front_matter(state, summary, dataset, "transformers", export.get("base_model"))
+        holds = (f"this folder holds the weights of its epoch {epoch} as a transformers model. Every number below "
+                 "comes from the run's files")
+        first, last = transformers_section(state, export["model"], export["window_samples"]), []
+        writer = "export.py --format hf wrote it"
+    else:
+        folder, extra_files, head = run_dir, set(), front_matter(state, summary, dataset)
+        holds = f"`best.pt` holds epoch {epoch}. Every number below comes from this folder's files"
+        first, last = [], usage_section(run_dir)
+        writer = "train.py writes it at the end of training"
     tracked = (f" SwanLab: project `{state['swanlab_project']}`, experiment `{name}`."
                if state.get("swanlab_project") and cfg.get("swanlab_mode") != "disabled" else "")
     intro = (f"# {name}\n\nAn audio classifier for {len(names)} classes of {dataset} "
              f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}): a `{cfg.get('arch')}` on "
              f"{input_of(cfg)[0]}, trained for {cfg.get('num_epochs', '?')} epochs with the mel-classifier trainer "
-             f"(`train.py`); `best.pt` holds epoch {state.get('epoch', '?')}. Every number below comes from this "
-             f"folder's files.{tracked}\n")
-    files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-    parts = [front_matter(state, summary, dataset), intro, *results_section(state, summary, run_dir),
-             *calibration_section(state, metrics, run_dir), *data_section(state, dataset),
-             *model_section(state), *history_section(history),
-             *config_section(cfg), *usage_section(run_dir), "## Files", "",
+             f"(`train.py`); {holds}.{tracked}\n")
+    files = sorted({p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} | extra_files)
+    parts = [head, intro, *first, *results_section(state, summary, folder),
+             *([] if export else calibration_section(state, metrics, run_dir)), *data_section(state, dataset),
+             *model_section(state), *history_section(history), *config_section(cfg, writer), *last, "## Files", "",
              *[f"- `{f}`" for f in files if f != CARD], ""]
     return "\n".join(parts)
+
+
+def render_export_card(run_dir, state: dict, folder, model: str, base_model: str | None,
+                       window_samples: int) -> str:
+    """The model card of a transformers model folder exported from ``run_dir`` (``export.py --format hf``):
+    the run's card with ``library_name: transformers``, ``base_model`` (the Hub model it was fine-tuned from,
+    when there is one), the pipeline() usage for ``model`` (a Hub id or folder) first, and ``folder``'s files
+    and figures. ``state``: the checkpoint's entries (config, label_names, features, splits, epoch...)."""
+    run_dir = Path(run_dir)
+    return render_model_card(run_dir, state, read_metrics(run_dir), read_history(run_dir / "history.csv"),
+                             dict(folder=folder, model=model, base_model=base_model, window_samples=window_samples))
 
 
 def read_history(path: Path) -> list[dict]:

@@ -1,6 +1,7 @@
 """Backbones for audio classification: ImageNet ResNets/ResNeXts, PANNs CNN14, AST and the wav2vec2 family.
 
-``build_model(arch, num_classes)`` builds any of them with a new classification head; the registry
+``build_model(arch, num_classes)`` builds any of them with a new classification head, and ``arch="hf:<model id
+or folder>"`` any Hugging Face audio-classification checkpoint (``models/hub.py``); the registry
 (:data:`BACKBONES`) says what each was pretrained on (:func:`resolve_frontend` applies it to a config), where its
 weights come from, and how to rebuild it from a checkpoint (:func:`backbone_record`).
 """

@@ -30,6 +30,7 @@ class HFSpec:
     ``config_kwargs``: this checkpoint's architecture where it differs from the config class defaults, so that
     ``pretrained=False`` builds it offline. ``head``: the model's new classification modules (HF names).
     ``ignore_unexpected``: checkpoint modules the classifier has no use for (pretraining heads), by name prefix.
+    ``base_model``: when set, unexpected keys outside this module (another task's head) are ignored too.
     """
     config_class: str
     model_class: str
@@ -37,6 +38,7 @@ class HFSpec:
     head: tuple[str, ...]
     config_kwargs: Mapping = field(default_factory=lambda: MappingProxyType({}))
     ignore_unexpected: tuple[str, ...] = ()
+    base_model: str = ""
 
 
 def config_dict(config) -> dict:
@@ -112,6 +114,11 @@ def cache_folder(model_id: str) -> str:
 
 
 def _offline_error(entry, err: Exception, weights) -> PretrainedWeightsError:
+    if not weights and os.path.isdir(entry.weights):
+        return PretrainedWeightsError(
+            f"could not load the model folder {entry.weights} for {entry.name} ({type(err).__name__}: {err}). It "
+            "needs config.json and the weights (model.safetensors), as save_pretrained writes them; or train from "
+            "scratch with --pretrained=False.")
     what = f"the Hugging Face model {entry.weights} for {entry.name}"
     what += f" from --weights={weights}" if weights else ""
     return PretrainedWeightsError(offline_message(
@@ -161,10 +168,12 @@ def check_loading_info(info: dict, spec: HFSpec, source: str) -> None:
     """Accept ``from_pretrained``'s loading report only when the head is the sole new part.
 
     Allowed: missing or re-initialised (size-mismatched) keys of ``spec.head``, unexpected keys under
-    ``spec.ignore_unexpected``. Raises PretrainedWeightsError naming every other key.
+    ``spec.ignore_unexpected`` or outside ``spec.base_model`` (when set). Raises PretrainedWeightsError naming
+    every other key.
     """
     missing = [k for k in info["missing_keys"] if not in_modules(k, spec.head)]
-    unexpected = [k for k in info["unexpected_keys"] if not k.startswith(spec.ignore_unexpected)]
+    unexpected = [k for k in info["unexpected_keys"] if not k.startswith(spec.ignore_unexpected)
+                  and (not spec.base_model or in_modules(k, (spec.base_model,)))]
     mismatched = [f"{k} {tuple(a)} -> {tuple(b)}" for k, a, b in info["mismatched_keys"]
                   if not in_modules(k, spec.head)]
     if missing or unexpected or mismatched or info["error_msgs"]:
@@ -173,6 +182,20 @@ def check_loading_info(info: dict, spec: HFSpec, source: str) -> None:
             f"be new, but missing keys {key_list(missing)}, unexpected keys {key_list(unexpected)}, "
             f"re-initialised keys {key_list(mismatched)}"
             + (f", errors {info['error_msgs']}" if info["error_msgs"] else ""))
+
+
+def pad_value(frontend: Mapping) -> float:
+    """What AST's input is padded with to its ``max_length`` frames: 0 (the fbank padding of the official code and
+    ASTFeatureExtractor) after the front end's fixed normalisation, ``-norm_mean / norm_std``."""
+    if frontend.get("normalization") == "fixed":
+        return -frontend["norm_mean"] / frontend["norm_std"]
+    return 0.0
+
+
+def wrap(model: nn.Module, layout: str, pad: float = 0.0) -> nn.Module:
+    """A transformers audio-classification model in our ``layout`` (``spectrogram``: :class:`SpectrogramTransformer`
+    padding with ``pad``; ``waveform``: :class:`WaveformTransformer`)."""
+    return WaveformTransformer(model) if layout == "waveform" else SpectrogramTransformer(model, pad_value=pad)
 
 
 def build(entry, num_classes: int, pretrained: bool, weights=None, record=None, **overrides) -> nn.Module:
@@ -196,6 +219,4 @@ def build(entry, num_classes: int, pretrained: bool, weights=None, record=None, 
         model = load_pretrained(entry, num_classes, weights)
     else:
         model = model_class(config_class(**{**spec.config_kwargs, **overrides, "num_labels": num_classes}))
-    if spec.layout == "waveform":
-        return WaveformTransformer(model)
-    return SpectrogramTransformer(model, pad_value=-entry.frontend["norm_mean"] / entry.frontend["norm_std"])
+    return wrap(model, spec.layout, pad_value(entry.frontend))

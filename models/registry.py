@@ -1,10 +1,12 @@
 """The backbone registry: every ``--arch``, what it was pretrained on, where its weights come from, how to build it.
 
-Adding a backbone is one :class:`Backbone` entry in :data:`BACKBONES`. Each entry declares the front end it was
-pretrained on as config keys (the vocabulary of ``data/features.py``: ``frontend``, ``sample_rate``, ``n_fft``,
-``hop_length``, ``n_mels``, ``f_min``, ``f_max``, ``input_layout``, ``normalization``, ``norm_mean``,
-``norm_std``, ``clip_seconds``); :func:`resolve_frontend` applies it to a config. The ImageNet CNNs declare
-none: they take the config's own log-mel image.
+Adding a backbone is one :class:`Backbone` entry in :data:`BACKBONES`; ``--arch=hf:<model id or folder>`` makes
+an entry for any Hugging Face audio-classification checkpoint from its own files (``models/hub.py``), and the
+named transformers entries (``ast``, ``distilhubert``...) are shortcuts with published recipes. Each entry
+declares the front end it was pretrained on as config keys (the vocabulary of ``data/features.py``:
+``frontend``, ``sample_rate``, ``n_fft``, ``hop_length``, ``n_mels``, ``f_min``, ``f_max``, ``input_layout``,
+``normalization``, ``norm_mean``, ``norm_std``, ``clip_seconds``); :func:`resolve_frontend` applies it to a
+config. The ImageNet CNNs declare none: they take the config's own log-mel image.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Callable, Mapping
 from torch import nn
 
 from experiment.config import ConfigError
-from models import cnn14, hf, imagenet
+from models import cnn14, hf, hub, imagenet
 from models.hf import HFSpec
 from models.weights import hub_file
 
@@ -143,10 +145,40 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
 )}
 
 
-def get_backbone(arch: str) -> Backbone:
-    """The registry entry of ``arch``. Raises ValueError listing the valid names."""
+_HUB: dict[str, Backbone] = {}  # the hf:<source> entries made in this process
+
+
+def _hub_backbone(arch: str, config: dict, frontend: dict) -> Backbone:
+    source = hub.source_of(arch)
+    layout = frontend["input_layout"]
+    spec, params = hub.spec_for(config, layout)
+    return Backbone(
+        name=arch, family="waveform_transformer" if layout == "waveform" else "spectrogram_transformer",
+        source=f"{spec.model_class} from {source} (transformers AutoModelForAudioClassification)",
+        licence=f"see the model card of {source}", weights=source, weights_file="", checksum=None, params=params,
+        reference=f"none registered (--arch={arch})", frontend=MappingProxyType(dict(frontend)),
+        head=tuple(f"transformer.{h}" for h in spec.head), builder=hf.build, spec=spec)
+
+
+def get_backbone(arch: str, record: dict | None = None) -> Backbone:
+    """The registry entry of ``arch``: a name of :data:`BACKBONES`, or ``hf:<model id or folder>`` for any
+    Hugging Face audio-classification checkpoint (made once per process from its config.json and
+    preprocessor_config.json, or without any file from a checkpoint's backbone ``record``).
+
+    Raises ValueError listing the valid names; for ``hf:`` PretrainedWeightsError (the files cannot be read or
+    downloaded) or ConfigError (a model type or feature extractor this project cannot use).
+    """
+    if hub.source_of(arch) is not None:
+        if arch not in _HUB:
+            if record is not None and "config" in record and "frontend" in record:
+                config, frontend = record["config"], record["frontend"]
+            else:
+                config, frontend = hub.read_checkpoint(hub.source_of(arch))
+            _HUB[arch] = _hub_backbone(arch, config, frontend)
+        return _HUB[arch]
     if arch not in BACKBONES:
-        raise ValueError(f"arch={arch!r} is unknown; choose one of: {', '.join(BACKBONES)}")
+        raise ValueError(f"arch={arch!r} is unknown; choose one of: {', '.join(BACKBONES)}, or "
+                         f"{hub.PREFIX}<Hugging Face model id or folder>")
     return BACKBONES[arch]
 
 
@@ -169,14 +201,14 @@ def build_model(arch: str, num_classes: int, pretrained: bool = True, weights=No
         PretrainedWeightsError: ``pretrained`` and the weights cannot be downloaded (offline), read or loaded;
             the message names the file or model id, its folder, ``--weights=PATH`` and ``--pretrained=False``.
     """
-    entry = get_backbone(arch)
+    entry = get_backbone(arch, record)
     if num_classes < 2:
         raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
     if record is not None and record.get("name") != arch:
         raise ValueError(f"the backbone record is for {record.get('name')!r}, not arch={arch!r}")
     if entry.family == "imagenet_cnn" and overrides:
         raise ValueError(f"{arch} takes no architecture overrides, got {overrides}")
-    architecture = None if record is None else {k: v for k, v in record.items() if k != "name"}
+    architecture = None if record is None else {k: v for k, v in record.items() if k not in ("name", "frontend")}
     return entry.builder(entry, num_classes, pretrained, weights, architecture, **overrides)
 
 
@@ -185,12 +217,14 @@ def backbone_record(arch: str, model: nn.Module) -> dict:
     ``build_model(arch, num_classes, pretrained=False, record=...)``.
 
     Format: ``{"name": arch}`` plus, for CNN14, ``{"n_mels", "base_channels"}``, and for transformers models
-    ``{"config": <the full transformers config dict, as in config.json>}``. ImageNet CNNs need only the name, so
-    checkpoints written before records existed rebuild from ``config["arch"]`` alone.
+    ``{"config": <the full transformers config dict, as in config.json>}``; an ``hf:`` arch also records its
+    ``frontend`` keys, so it rebuilds without its source. ImageNet CNNs need only the name, so checkpoints
+    written before records existed rebuild from ``config["arch"]`` alone.
     """
-    get_backbone(arch)
+    entry = get_backbone(arch)
     architecture = getattr(model, "architecture", None)
-    return {"name": arch, **(architecture() if callable(architecture) else {})}
+    hub_frontend = {"frontend": dict(entry.frontend)} if hub.source_of(arch) is not None else {}
+    return {"name": arch, **(architecture() if callable(architecture) else {}), **hub_frontend}
 
 
 def weights_path(arch: str) -> str:
