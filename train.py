@@ -26,7 +26,9 @@ import contextlib
 import functools
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +50,7 @@ from data.dataset import (ClipDataset, EpochSampler, TrackDataset, class_balance
 from data.demo import make_demo_dataset
 from data.features import build_features, build_input_transform, normalisation_for, window_frames
 from data.hf_dataset import default_split
+from data.index import warn_skipped
 from evaluation import predict_tracks, track_loss
 from evaluation.calibration import calibration_report, fit_calibration, store_calibration
 from evaluation.cross_validation import fold_finished, fold_run_dirs, format_summary, summarize_folds
@@ -60,7 +63,8 @@ from experiment.ema import build_ema, ema_checkpoint, evaluated, restore_ema
 from experiment.engine import (MIN_BATCH_CLIPS, PendingSteps, Runtime, backward, build_model_and_optimizer,
                                loader_settings, mixup, optimizer_step, prepare_batch, setup_runtime, step_seed)
 from experiment.model_card import write_model_card
-from experiment.resume import ResumeState, StopRequest
+from experiment.progress import progress as progress_bar
+from experiment.resume import ResumeState, StopRequest, Stopped, Terminated
 from experiment.tracking import MODES, Tracker
 from experiment.schedules import get_schedule
 from models import PretrainedWeightsError, backbone_record, build_model, resolve_frontend
@@ -159,6 +163,8 @@ CONFIG = dict(
     amp=True,                      # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)
     channels_last=True,            # channels_last memory format on CUDA
     compile=False,                 # torch.compile the model
+    dist_timeout=600.0,            # seconds a rank waits for the others (a dead or hung rank) before it stops with an error
+    sync_every=0,                  # micro-batches between loss read-backs (and Ctrl-C agreement); 0: 10 on CUDA, else 1
     seed=42,                       # everything random derives from it (and the epoch and step)
     cache_dir=".cache",            # spectrogram cache and the demo dataset
     out_dir="runs",                # run folders (best.pt, last.pt, history.csv, metrics.json, PNGs)
@@ -331,43 +337,52 @@ def run_training(cfg: dict, resumed: dict | None = None) -> dict:
     tracker, run_dir = start_tracker(cfg, runtime, data, resumed)
     run = Run(cfg, runtime, data, model, ema, train_model, optimizer, scheduler, scaler, tracker, run_dir,
               SkipLog(runtime.dist.is_main))
-    stop = StopRequest(announce=runtime.dist.is_main).install()
-    epoch, status = progress.epoch, "success"
+    advice = f"{run_dir / 'last.pt'} holds the last saved state; continue with --resume={run_dir}"
+    stop = StopRequest(announce=runtime.dist.is_main, advice=advice).install()
+    where = lambda: f"epoch {progress.epoch + 1}, step {progress.step}"  # noqa: E731
+    epoch = progress.epoch
     try:
-        for epoch in range(progress.epoch, cfg["num_epochs"]):
-            started, lr = time.time(), optimizer.param_groups[0]["lr"]
-            train_one_epoch(run, progress, stop)
-            if stop.requested:  # mid-epoch: save where we are, so --resume continues with the next batch
-                if runtime.dist.is_main:
-                    save_checkpoint(checkpoint_state(run, progress), run_dir / "last.pt")
-                raise KeyboardInterrupt
-            if get_schedule(cfg["lr_schedule"]).per == "epoch":
-                scheduler.step()
-            val = evaluate(run, "val")
-            end_of_epoch(run, progress, val, lr, started)
-            if distributed.all_reduce_sum([float(stop.requested)], runtime.dist)[0]:
-                raise KeyboardInterrupt  # Ctrl-C during evaluation: last.pt of this epoch is already saved
-            distributed.barrier(runtime.dist)
-            if early_stop(run):
-                break
-    except KeyboardInterrupt:
-        status = "aborted"
-        if runtime.dist.is_main:
-            print(f"Interrupted in epoch {epoch + 1}; {run_dir / 'last.pt'} holds the last complete step.\n"
-                  f"Continue with: python train.py --resume={run_dir}", flush=True)
-        raise
-    except BaseException:
-        status = "crashed"
-        raise
-    finally:
+        with distributed.peer_failures(runtime.dist, where, advice):
+            for epoch in range(progress.epoch, cfg["num_epochs"]):
+                started, lr = time.time(), optimizer.param_groups[0]["lr"]
+                if train_one_epoch(run, progress, stop):  # mid-epoch: save where we are, so --resume continues
+                    if runtime.dist.is_main:               # with the next batch
+                        save_checkpoint(checkpoint_state(run, progress), run_dir / "last.pt")
+                    distributed.barrier(runtime.dist)  # no rank exits (and so has torchrun stop rank 0) before that
+                    raise Stopped
+                if get_schedule(cfg["lr_schedule"]).per == "epoch":
+                    scheduler.step()
+                val = evaluate(run, "val")
+                end_of_epoch(run, progress, val, lr, started)
+                if distributed.all_reduce_sum([float(stop.requested)], runtime.dist)[0]:
+                    raise Stopped  # Ctrl-C during evaluation: last.pt of this epoch is already saved
+                distributed.barrier(runtime.dist)
+                if early_stop(run):
+                    break
+    except BaseException as err:
+        stop.ending()
+        end_early(run, err, epoch)
         stop.restore()
-        if status != "success":
-            tracker.finish(status)
-            distributed.cleanup(runtime.dist)
+        raise
+    stop.restore()
     summary = final_report(run, progress.best)
     tracker.finish("success")
     distributed.cleanup(runtime.dist)
     return summary | {"run_dir": str(run_dir)}
+
+
+def end_early(run: Run, err: BaseException, epoch: int) -> None:
+    """A run that stops before its final report: say how to continue after Ctrl-C (rank 0), close the SwanLab
+    run as aborted (Ctrl-C) or crashed, and leave the process group: together after an agreed stop
+    (:class:`Stopped`: every rank waits for the others, so torchrun stops none of them early), at once
+    otherwise (a peer may be gone). ``epoch``: the 0-based epoch in progress."""
+    dist, run_dir = run.runtime.dist, run.run_dir
+    if isinstance(err, KeyboardInterrupt) and dist.is_main:
+        print(f"Interrupted in epoch {epoch + 1}; {run_dir / 'last.pt'} holds the last complete step.\n"
+              f"Continue with: python train.py --resume={run_dir}", flush=True)
+    interrupted = isinstance(err, KeyboardInterrupt)
+    run.tracker.finish("aborted" if interrupted else "crashed", None if interrupted else f"{type(err).__name__}: {err}")
+    (distributed.leave_together if isinstance(err, Stopped) else distributed.cleanup)(dist)
 
 
 def fetch_weights(cfg: dict) -> None:
@@ -425,13 +440,12 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     if main_rank:
         print(f"front end ({cfg['arch']}): {describe_frontend(cfg)}", flush=True)
         print(f"augmentation: {describe_augment(cfg, augment, notes)}", flush=True)
-    prepared = prepare_data(cfg, frontend, main_rank, functools.partial(distributed.barrier, dist),
+    prepared = prepare_data(cfg, frontend, main_rank, functools.partial(distributed.wait_for_main, dist),
                             resumed["label_names"] if resumed else None, show_progress=main_rank,
                             num_workers=max(loader_kw["num_workers"], torch.multiprocessing.cpu_count() or 1))
     cfg["data_root"], cfg["csv_path"] = str(prepared.data_root), str(prepared.index.csv_path)
     train = prepared.splits["train"]
-    norm = resumed["features"]["norm"] if resumed else normalisation_for(
-        cfg, (prepared.cache.get(p, e) for p, e in zip(train.path, train.entry)), frontend)
+    norm = resumed["features"]["norm"] if resumed else train_normalisation(cfg, prepared, frontend, dist)
     input_transform = build_input_transform(cfg, frontend, norm["mean"], norm["std"], augment)
     input_transform = input_transform.to(runtime.device)
     splits, cache = prepared.splits, prepared.cache
@@ -440,7 +454,7 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     if speed_factors(cfg):  # Kaldi's speed perturbation: two more cached copies of every training track
         build = functools.partial(cache.build_speed_copies, list(train.path), speed_factors(cfg))
         copies = build(loader_kw["num_workers"], main_rank) if main_rank else {}
-        distributed.barrier(dist)
+        distributed.wait_for_main(dist)
         copies = copies or build(0, False)
     crop = augment.input_frames(clip_frames) if augment is not None else clip_frames
     train_set = ClipDataset(train.path, train.y, cache, crop, cfg["seed"], entries=train.entry,
@@ -460,6 +474,19 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     return RunData(prepared.label_names, splits, prepared.track_lists(), len(prepared.unusable),
                    dict(params=frontend.params(), norm=norm), input_transform, sampler, train_loader, eval_loaders,
                    prepared.split_record(), prepared.group_source)
+
+
+def train_normalisation(cfg: dict, prepared, frontend: nn.Module, dist: distributed.Dist) -> dict:
+    """The normalisation statistics (data.features.normalisation_for) of the training split, worked out by
+    rank 0 and sent to every rank, so all normalise alike. A clip that cannot be read any more (deleted or
+    corrupted since the cache was built, its entry gone or never written) is left out with a warning."""
+    norm, skipped = None, []
+    if dist.is_main:
+        train = prepared.splits["train"]
+        norm = normalisation_for(cfg, prepared.cache.readable(train.path, train.entry, skipped), frontend)
+        if skipped:
+            warn_skipped(skipped, "while computing the normalisation statistics")
+    return distributed.broadcast_from_main(norm, dist)
 
 
 def describe_augment(cfg: dict, augment: nn.Module | None, notes: list[str]) -> str:
@@ -627,17 +654,20 @@ def optimizer_steps(batches: int, cfg: dict) -> int:
     return -(-batches // cfg["grad_accum_steps"])
 
 
-def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
+def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> bool:
     """Train epoch ``progress.epoch`` from batch ``progress.step`` on, until it ends or a rank asked to stop;
-    ``progress.step`` and ``progress.epoch_totals()`` follow along.
+    ``progress.step`` and ``progress.epoch_totals()`` follow along. Returns whether the ranks agreed to stop.
 
     Every ``grad_accum_steps`` micro-batches make one optimiser step (the epoch's last group may be shorter):
     each micro-batch's loss is scaled by 1 / (micro-batches in its group), so the gradient is that of the
     group's mean loss; under DDP the non-final micro-batches skip the gradient all-reduce (``no_sync``).
     A micro-batch trains only when every rank has at least MIN_BATCH_CLIPS readable clips (a collective under
     DDP: a rank that stepped alone would wait for the others in the gradient all-reduce); otherwise every
-    rank skips it. Steps are read back every ``sync_every`` micro-batches, at the end and on Ctrl-C, always on
-    an optimiser-step boundary (see :func:`sync_steps`), so a mid-epoch checkpoint never holds half a group.
+    rank skips it. Steps are read back every ``sync_every`` micro-batches and at the end, always on an
+    optimiser-step boundary (see :func:`sync_steps`), so a mid-epoch checkpoint never holds half a group.
+    Whether to sync depends on step counts only, the same on every rank: a Ctrl-C that reached one rank is
+    agreed at the next sync (a rank that synced on its own flag would wait in a collective the others never
+    join); a single process syncs at once.
     """
     cfg, runtime, data = run.cfg, run.runtime, run.data
     epoch, totals, started = progress.epoch, progress.epoch_totals(), time.time()
@@ -646,9 +676,9 @@ def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
     data.input_transform.train()
     pending = PendingSteps(runtime.sync_every)
     last_step, accum = progress.step + len(data.train_loader), cfg["grad_accum_steps"]
-    bar = tqdm(data.train_loader, desc=f"epoch {epoch + 1}/{cfg['num_epochs']}", unit="batch", leave=False,
-               disable=not runtime.dist.is_main, initial=progress.step, total=last_step)
-    stepped = 0  # micro-batches with gradients in the current group
+    bar = progress_bar(data.train_loader, desc=f"epoch {epoch + 1}/{cfg['num_epochs']}", unit="batch", leave=False,
+                       disable=not runtime.dist.is_main, initial=progress.step, total=last_step)
+    stepped, stopped = 0, False  # micro-batches with gradients in the current group; the ranks agreed to stop
     for x, y, skipped in bar:
         totals.skipped += run.skips.clips(skipped)
         group_end = min(progress.step - progress.step % accum + accum, last_step)
@@ -667,14 +697,16 @@ def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> None:
                 if get_schedule(cfg["lr_schedule"]).per == "step":
                     run.scheduler.step()
             stepped = 0
-            if (pending.due() or stop.requested or progress.step >= last_step) and sync_steps(run, progress, pending,
-                                                                                              stop):
+            due = pending.due() or progress.step >= last_step or (stop.requested and not runtime.dist.enabled)
+            if due and sync_steps(run, progress, pending, stop):
+                stopped = True
                 break
             if runtime.dist.is_main and totals.batches:
                 bar.set_postfix(loss=f"{totals.loss_sum / totals.batches:.3f}",
                                 acc=f"{100 * totals.correct / max(totals.seen, 1):.1f}%")
     bar.close()
     totals.train_seconds += time.time() - started
+    return stopped
 
 
 def train_micro_batch(run: Run, x, y, epoch: int, step: int, group_end: int):
@@ -900,11 +932,26 @@ def interval_scalars(split: str, metrics: dict) -> dict:
             f"summary/{split}_macro_f1_ci_low": 100 * c, f"summary/{split}_macro_f1_ci_high": 100 * d}
 
 
+def exit_status(err: BaseException) -> int:
+    """The command's exit status for ``err`` out of :func:`main`, its message printed (stderr) where it has one
+    for the user: 130 Ctrl-C, 143 SIGTERM, 2 a bad config, 1 another known failure. Raises ``err`` again for a
+    bug (its traceback is what helps then). SIGTERM is ignored from here on: the process is ending, and
+    torchrun sends SIGTERM to every rank as soon as one of them exits."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if isinstance(err, KeyboardInterrupt):
+        return 130
+    if isinstance(err, distributed.PeerFailure):
+        return 1  # its message is out already (distributed.peer_failures)
+    if isinstance(err, (Terminated, ConfigError, DataError, PretrainedWeightsError, CheckpointError, TrainingError,
+                        FileNotFoundError)):
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 143 if isinstance(err, Terminated) else 2 if isinstance(err, ConfigError) else 1
+    raise err
+
+
 if __name__ == "__main__":
     try:
         main()
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except (ConfigError, DataError, PretrainedWeightsError, CheckpointError, TrainingError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2 if isinstance(err, ConfigError) else 1)
+    except BaseException as err:  # every way out goes through exit_status
+        sys.exit(exit_status(err))

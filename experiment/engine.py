@@ -34,32 +34,33 @@ class Runtime:
     """Where and how this process trains.
 
     ``dist``: rank, world size and device (:mod:`experiment.distributed`); ``amp_dtype``: the autocast dtype
-    on CUDA (bfloat16, or float16 with loss scaling) or None; ``channels_last``: the memory format of model
-    and inputs.
+    on CUDA (bfloat16, or float16 with loss scaling) or None (tests also run CPU bfloat16 autocast through
+    it); ``channels_last``: the memory format of model and inputs; ``sync_every``: micro-batches between
+    reading the losses back (0: 10 on CUDA, so the host queues work ahead of the GPU; else 1).
     """
     dist: distributed.Dist
     amp_dtype: torch.dtype | None
     channels_last: bool
+    sync_every: int = 0
+
+    def __post_init__(self):
+        self.sync_every = self.sync_every or (10 if self.device.type == "cuda" else 1)
 
     @property
     def device(self) -> torch.device:
         return self.dist.device
-
-    @property
-    def sync_every(self) -> int:
-        """Steps between reading the losses back: 10 on CUDA, so the host queues work ahead of the GPU; else 1."""
-        return 10 if self.device.type == "cuda" else 1
 
 
 def setup_runtime(cfg: dict) -> Runtime:
     """The process group (under torchrun) and this rank's device (``cfg["device"]``), then
     ``torch.manual_seed(cfg["seed"])``. On CUDA: autocast in bfloat16 where supported, else float16
     (``cfg["amp"]``), channels_last (``cfg["channels_last"]``) and ``cudnn.benchmark``; none of them elsewhere.
+    ``cfg["dist_timeout"]`` (seconds) is the process group's timeout, ``cfg["sync_every"]`` the runtime's.
 
     Raises:
         RuntimeError: ``cfg["device"]`` names CUDA on a machine without it.
     """
-    dist = distributed.setup(cfg["device"])
+    dist = distributed.setup(cfg["device"], cfg.get("dist_timeout", distributed.DEFAULT_TIMEOUT))
     torch.manual_seed(cfg["seed"])
     cuda = dist.device.type == "cuda"
     amp_dtype = None
@@ -67,7 +68,7 @@ def setup_runtime(cfg: dict) -> Runtime:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if cuda:
         torch.backends.cudnn.benchmark = True
-    return Runtime(dist, amp_dtype, cuda and cfg["channels_last"])
+    return Runtime(dist, amp_dtype, cuda and cfg["channels_last"], cfg.get("sync_every", 0))
 
 
 def loader_settings(cfg, device: torch.device) -> dict:

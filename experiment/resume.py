@@ -1,5 +1,9 @@
 """Stopping and continuing a run: where it stands (:class:`ResumeState`, what a checkpoint records of the
 loop) and Ctrl-C (:class:`StopRequest`: finish the step, save last.pt, exit; ``--resume`` continues there).
+
+Under torchrun a Ctrl-C may reach one rank only, so a rank never acts on its own flag: the flags are summed
+at the loop's next regular sync (train.py's ``sync_steps``), and when any rank asked, every rank stops
+there together (:class:`Stopped`).
 """
 from __future__ import annotations
 
@@ -64,30 +68,54 @@ class ResumeState:
                     best=dict(self.best))
 
 
+class Stopped(KeyboardInterrupt):
+    """Every rank agreed to stop after a Ctrl-C (on any of them) and last.pt holds where the run stands."""
+
+
+class Terminated(BaseException):
+    """SIGTERM stopped training: torchrun sends it to the other ranks when one fails, a cluster scheduler when
+    it preempts the job. A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it.
+    The message says what the last checkpoint holds and how to continue."""
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) asks the training loop to stop after the current step; a second Ctrl-C stops at once.
+    SIGTERM stops at once with :class:`Terminated` (``advice``: how to continue, added to its message), unless
+    the run is ending already (``ending()``: it then waits for the run's own cleanup).
 
-    ``install()`` sets the handler (a no-op outside the main thread, where Python allows none), ``request()``
-    is what it does (also how another rank's request is taken on), ``restore()`` puts the previous
-    handler back. ``announce``: print what happens (rank 0).
+    ``install()`` sets the handlers (a no-op outside the main thread, where Python allows none),
+    ``request()`` is what Ctrl-C does (also how another rank's request is taken on), ``restore()`` puts the
+    previous handlers back. ``announce``: print what happens (rank 0).
     """
 
-    def __init__(self, announce: bool = True):
-        self.requested, self.announce = False, announce
-        self._previous = None
+    def __init__(self, announce: bool = True, advice: str = ""):
+        self.requested, self.announce, self.advice = False, announce, advice
+        self._previous, self._ending = {}, False
 
     def install(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._on_sigint),
+                              signal.SIGTERM: signal.signal(signal.SIGTERM, self._on_sigterm)}
         return self
 
     def request(self) -> None:
         self.requested = True
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def ending(self) -> None:
+        """The run is on its way out (saving, closing SwanLab, leaving the process group): SIGTERM no longer
+        interrupts that. torchrun sends SIGTERM to the other ranks as soon as one exits."""
+        self._ending = True
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if self._ending:
+            return
+        raise Terminated(f"stopped by SIGTERM (torchrun sends it to every rank when one fails; a cluster scheduler "
+                         f"when it preempts the job). {self.advice}".strip())
 
     def _on_sigint(self, signum, frame) -> None:
         if self.requested:

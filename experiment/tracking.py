@@ -132,11 +132,12 @@ class Tracker:
         except OSError as err:
             print(f"warning: could not write {path} ({err})")
 
-    def finish(self, state: str = "success") -> None:
-        """Close the SwanLab run (``success``, ``aborted`` on Ctrl-C, ``crashed`` on an error)."""
+    def finish(self, state: str = "success", error: str | None = None) -> None:
+        """Close the SwanLab run (``success``, ``aborted`` on Ctrl-C, ``crashed`` on an error, whose ``error``
+        message SwanLab shows)."""
         if self.swanlab is not None:
             try:
-                self.swanlab.finish(state=state)
+                self.swanlab.finish(state=state, error=error)
             except Exception as err:
                 self._report("finish", err)
             self.swanlab = None
