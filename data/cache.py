@@ -21,6 +21,7 @@ Stale entries are never read; ``rm -r <cache_dir>`` reclaims their space.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from data.audio import AudioError, change_speed, load_audio
+from experiment.progress import progress
 
 CACHE_VERSION = 1
 
@@ -49,6 +50,7 @@ class FeatureCache:
         self.dir = Path(cache_dir) / "features"
         self.logmel = logmel.cpu().eval()
         self.params = logmel.params()
+        self.write_failed = False  # an entry could not be written (a full or read-only disk)
 
     @property
     def frontend(self) -> torch.nn.Module:
@@ -94,14 +96,32 @@ class FeatureCache:
         self._save(entry, mel)
         return mel
 
+    def readable(self, paths, entries, skipped: list):
+        """Yield the features of each of ``paths`` (cache files ``entries``, None where unknown) that can still
+        be read, in order: a file deleted or corrupted since the cache was built, whose entry is gone or was
+        never written (a full disk), is left out and appended to ``skipped`` as (path, reason)."""
+        for path, entry in zip(paths, entries):
+            try:
+                yield self.get(path, entry)
+            except Exception as err:  # AudioError, or anything the decoder raises on a damaged file
+                skipped.append((path, getattr(err, "reason", f"{type(err).__name__}: {err}")))
+
     def _save(self, entry: Path, mel: np.ndarray) -> None:
+        """Store ``mel`` at ``entry`` atomically. A full or read-only disk costs speed, not the run: the
+        entry is left out (its partial temp file removed) and the first failure of this process is reported."""
+        tmp = entry.with_name(f".{entry.stem}.{os.getpid()}.tmp.npy")
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_name(f".{entry.stem}.{os.getpid()}.tmp.npy")
             np.save(tmp, mel)
             os.replace(tmp, entry)
-        except OSError as err:  # a full or read-only disk costs speed, not the run
-            print(f"warning: could not write the feature cache entry {entry} ({err}); computing on the fly")
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if not self.write_failed:
+                print(f"warning: could not write the feature cache entry {entry} ({err}); computing features on the "
+                      f"fly, which is slower (later failures are not reported). Free space in {self.dir} or set "
+                      f"--cache_dir to a disk with room.", flush=True)
+            self.write_failed = True
 
     def build(self, paths: list[str], num_workers: int = 0, show_progress: bool = True,
               desc: str = "Computing spectrograms", speed: float = 1.0
@@ -116,7 +136,7 @@ class FeatureCache:
         entries: list[Path | None] = [None] * len(paths)
         errors = []
         loader = DataLoader(_BuildItems(self, paths, speed), batch_size=None, num_workers=num_workers)
-        with tqdm(total=len(paths), desc=desc, unit="clip", disable=not show_progress, leave=False) as bar:
+        with progress(total=len(paths), desc=desc, unit="clip", disable=not show_progress, leave=False) as bar:
             for i, entry, error in loader:
                 entries[i] = entry
                 if error:

@@ -9,11 +9,17 @@ never a torn file. Contents (see train.py): model, optimizer, scheduler and scal
 """
 from __future__ import annotations
 
+import errno
+import io
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)  # no space left; disk quota exceeded
+MB = 2 ** 20
 
 
 class CheckpointError(RuntimeError):
@@ -38,6 +44,8 @@ def save_checkpoint(state: dict, path) -> None:
 
     Raises:
         CheckpointError: the write failed (disk full, read-only, ...); the previous file at ``path`` is intact.
+            On a full disk the message names the folder, the checkpoint's size and the free space
+            (:func:`full_disk_message`).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -50,6 +58,9 @@ def save_checkpoint(state: dict, path) -> None:
         os.replace(tmp, path)
     except Exception as err:
         tmp.unlink(missing_ok=True)
+        full = full_disk_error(err)
+        if full is not None:
+            raise CheckpointError(full_disk_message(path, full, serialized_size(state))) from err
         raise CheckpointError(f"could not write checkpoint {path} ({type(err).__name__}: {err}). "
                               f"The previous checkpoint there is unchanged. Free disk space or choose another "
                               f"--out_dir.") from err
@@ -61,6 +72,54 @@ def save_checkpoint(state: dict, path) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def full_disk_error(err: BaseException) -> OSError | None:
+    """The "no space left" (or "quota exceeded") OSError behind ``err``, or None. torch.save reports a
+    failed write as a RuntimeError of its zip writer ("unexpected pos ..."), with the OSError as its
+    context, so the whole chain is searched."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in FULL_DISK:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class _ByteCount(io.RawIOBase):
+    """A file that keeps nothing and counts what is written to it."""
+
+    def __init__(self):
+        self.bytes = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.bytes += len(b)
+        return len(b)
+
+
+def serialized_size(state: dict) -> int:
+    """Bytes ``torch.save(state)`` writes (serialised once more into a counter, nothing kept)."""
+    counter = _ByteCount()
+    torch.save(state, counter)
+    return counter.bytes
+
+
+def full_disk_message(path: Path, err: OSError, needed: int) -> str:
+    """What to do when ``path`` could not be written for lack of space: the folder, the ``needed`` bytes (the
+    checkpoint's size) and what is free there now (shutil.disk_usage)."""
+    folder = path.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    return (f"could not write checkpoint {path}: the disk holding {folder} is full ({err.strerror}). The checkpoint "
+            f"needs {needed / MB:.1f} MB there and {free / MB:.1f} MB are free: free at least "
+            f"{max(needed - free, 0) / MB + 1:.0f} MB in {folder} (or move the run folder to a disk with room), then "
+            f"continue with --resume={folder}. The previous {path.name} there is unchanged and loadable.")
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

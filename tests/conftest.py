@@ -5,7 +5,9 @@ whole suite stays within a few minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -15,6 +17,24 @@ import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true",
+                     help="also run the tests marked slow (full measurements, e.g. torch.compile of the demo)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a full measurement, minutes on a CPU; runs only with --runslow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: a full measurement; run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 sys.path.insert(0, str(ROOT))
 
 from data.demo import _clip  # noqa: E402
@@ -83,6 +103,42 @@ def swanlab_metrics(log_dir) -> dict[str, dict[str, list[tuple[int, float]]]]:
         return out
     finally:
         db.close()
+
+
+class FullDiskFile:
+    """A file opened for writing on a disk with ``free`` bytes left: what fits is written, then ``write``
+    raises OSError(ENOSPC) as a full disk does (the partial file stays behind for the caller to clean up)."""
+
+    def __init__(self, f, free: int):
+        self.f, self.free = f, free
+
+    def write(self, b) -> int:
+        if len(b) > self.free:
+            self.f.write(bytes(b)[:self.free])
+            self.free = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.free -= len(b)
+        return self.f.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def full_disk_open(free: int, after: int = 0):
+    """A replacement for ``open`` in a module under test: the first ``after`` files open normally, later
+    ones are written to a disk with ``free`` bytes left (:class:`FullDiskFile`). ``.opened`` counts the calls."""
+    def fake_open(path, mode="r", *args, **kwargs):
+        fake_open.opened += 1
+        f = open(path, mode, *args, **kwargs)
+        return f if fake_open.opened <= after or "w" not in mode else FullDiskFile(f, free)
+    fake_open.opened = 0
+    return fake_open
 
 
 @pytest.fixture

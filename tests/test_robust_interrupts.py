@@ -96,14 +96,16 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoints(tmp_pat
 
 
 def test_failing_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    """A read-only folder: the write fails, the message says so, the previous file is kept."""
+    import experiment.checkpoint as checkpoint
     path = tmp_path / "last.pt"
     save_checkpoint(dict(model={"w": torch.ones(2)}, config={}, label_names=["a"]), path)
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def read_only(path, mode="r", *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match=r"last.pt .*No space left.*previous checkpoint there is unchanged"):
+    monkeypatch.setattr(checkpoint, "open", read_only, raising=False)
+    with pytest.raises(CheckpointError, match=r"last.pt .*Permission denied.*previous checkpoint there is unchanged"):
         save_checkpoint(dict(model={"w": torch.zeros(2)}, config={}, label_names=["a"]), path)
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
