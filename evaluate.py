@@ -44,7 +44,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from sklearn.metrics import f1_score
 
@@ -58,6 +57,7 @@ from evaluation.classifier import Classifier
 from evaluation.metrics import classification_metrics, close, interval_text, save_report
 from experiment.checkpoint import CheckpointError, write_atomic
 from experiment.distributed import pick_device
+from experiment.progress import progress
 from experiment.tracking import Tracker
 
 PROTOCOLS = {"test": "held-out test split, checkpoint chosen on val",
@@ -173,7 +173,7 @@ def evaluate_split(clf: Classifier, data, split: str, batch_size: int, num_worke
     tracks = TrackDataset(part.path, part.y, data.cache, clf.window, clf.hop, entries=part.entry)
     loader = DataLoader(tracks, batch_size=batch_size, collate_fn=collate_tracks, num_workers=num_workers,
                         pin_memory=clf.device.type == "cuda")
-    bar = (lambda it: tqdm(it, desc=f"Evaluating {split}", unit="batch", leave=False)) if show_progress else None
+    bar = (lambda it: progress(it, desc=f"Evaluating {split}", unit="batch", leave=False)) if show_progress else None
     out = predict_tracks(clf.model, clf.input_transform, loader, clf.device, progress=bar)
     logits, labels = out["logits"], out["labels"]
     if not len(labels):

@@ -58,6 +58,7 @@ from evaluation.classifier import Classifier, load_for_cli
 from evaluation.timeline import segment_rows, window_rows
 from experiment.checkpoint import write_atomic
 from experiment.distributed import pick_device
+from experiment.progress import progress
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -134,8 +135,8 @@ def classify_files(clf: Classifier, files: list[str], top_k: int, on_error=None,
     ``on_error(path, message)`` is called for each failure as it happens.
     """
     predictions, errors = [], []
-    quiet = len(files) < 2 or not sys.stderr.isatty()  # no bar in logs: error lines stay plain lines
-    for path in tqdm(files, desc="Classifying", unit="file", disable=quiet, leave=False, file=sys.stderr):
+    # no bar for one file; in a log (not a terminal) a plain line a minute (experiment.progress)
+    for path in progress(files, desc="Classifying", unit="file", disable=len(files) < 2, leave=False):
         try:
             analysis = clf.analyze(path, min_seconds=clf.min_seconds, window_seconds=window_seconds,
                                    hop_seconds=hop_seconds)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
+from experiment.progress import progress
 
 CLASSES = ("chirp", "hum", "pulses", "tone")
 VERSION = "1"
@@ -59,8 +59,8 @@ def make_demo_dataset(root, clips_per_class: int = 48, sample_rate: int = 16000,
         return root
     rng = np.random.default_rng(seed)
     jobs = [(kind, i) for kind in CLASSES for i in range(clips_per_class)]
-    for kind, i in tqdm(jobs, desc="Generating the demo dataset", unit="clip", disable=not show_progress,
-                        leave=False):
+    for kind, i in progress(jobs, desc="Generating the demo dataset", unit="clip", disable=not show_progress,
+                            leave=False):
         (root / kind).mkdir(parents=True, exist_ok=True)
         sf.write(root / kind / f"{kind}_{i:03d}.wav", _clip(kind, rng, sample_rate, seconds), sample_rate,
                  subtype="PCM_16")

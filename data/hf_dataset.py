@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pandas as pd
 import soundfile as sf
-from tqdm import tqdm
+from experiment.progress import progress
 
 from data.audio import AUDIO_EXTENSIONS
 from data.index import ENCODING, DataError, Index, probe, read_index, warn_skipped
@@ -269,7 +269,8 @@ def extract(dataset, parts: dict, audio: str, label: str, root: Path, show_progr
         data = dataset[split].cast_column(audio, Audio(decode=False)).select_columns([audio, label])
         feature = data.features[label]
         (root / part).mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(data), desc=f"Extracting {split}", unit="clip", disable=not show_progress, leave=False)
+        bar = progress(total=len(data), desc=f"Extracting {split}", unit="clip", disable=not show_progress,
+                       leave=False)
         for i, row in enumerate(data):
             bar.update()
             value, name = row[audio] or {}, f"{split}[{i}]"

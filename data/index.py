@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import soundfile as sf
-from tqdm import tqdm
+from experiment.progress import progress
 
 from data.audio import AUDIO_EXTENSIONS, MIN_SECONDS, sf_path
 
@@ -121,8 +121,8 @@ def build_index(data_root: Path, csv_path: Path, show_progress: bool = True) -> 
         raise DataError(f"{data_root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in <label>/ sub-folders.\n"
                         f"Expected layout: {data_root}/<label>/<file>.wav\n{GTZAN_HELP}")
     rows, skipped = [], []
-    for path, label in tqdm(items, desc=f"Indexing {data_root.name}", unit="file", disable=not show_progress,
-                            leave=False):
+    for path, label in progress(items, desc=f"Indexing {data_root.name}", unit="file", disable=not show_progress,
+                                leave=False):
         reason = probe(path)
         if reason:
             skipped.append((str(path), reason))
