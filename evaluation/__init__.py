@@ -16,10 +16,12 @@ from data.windows import average_logits
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision on CUDA when ``dtype`` is given; a no-op context otherwise."""
-    if dtype is None or device.type != "cuda":
+    """Mixed precision in ``dtype`` on ``device`` (``torch.autocast``); a no-op context when ``dtype`` is None.
+    Training sets a dtype on CUDA only (experiment.engine.setup_runtime); the tests run CPU bfloat16 through
+    the same paths."""
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
