@@ -4,6 +4,7 @@
     python app.py runs/<experiment> --port 8080 --top_k 3
     python app.py runs/<experiment>/export_onnx         # a folder written by export.py (onnxruntime)
     python app.py runs/<experiment> --host 0.0.0.0      # reachable from other machines on the network
+    python app.py runs/<experiment> --concurrency 2 --queue_size 128   # a GPU, many users
 
 The page shows the top-k labels with their calibrated probabilities (the run's temperature, fitted on its
 val split; --uncalibrated: the raw softmax), the answer ("unknown" when the top probability is below
@@ -21,6 +22,14 @@ before storing them; the handler checks the size again with os.stat and the dura
 (soundfile.info) before decoding anything, and refuses over --max_minutes. The only path it opens is the
 temp file Gradio wrote for the upload (checked to be inside Gradio's upload folder). Checkpoints are
 loaded with torch.load(weights_only=True).
+
+Many users at once (Gradio's queue, set deliberately): --concurrency classifications run at the same time
+(default 1: on a CPU the network already uses every core for one recording, so a second one at once only
+splits the cores and holds two recordings' features and figures in memory; on a GPU, 2 overlaps one
+request's decoding and plotting with another's network), and at most --queue_size requests wait (default
+64); the next ones are refused at once with Gradio's "queue is full" instead of waiting minutes. Uploads are
+not queued: Gradio receives them on its own threads and refuses those over --max_mb. scripts/load_test.py
+measures what this holds (README, Reliability).
 """
 from __future__ import annotations
 
@@ -190,14 +199,15 @@ def classify_upload(clf: Classifier, path: str | None, max_mb: float, max_minute
 
 
 def build_demo(clf: Classifier, metrics: dict | None = None, top_k: int = 5, max_mb: float = 50,
-               max_minutes: float = 10) -> gr.Blocks:
+               max_minutes: float = 10, concurrency: int = 1, queue_size: int = 64) -> gr.Blocks:
     """The page (not launched): audio input, Classify button, top-k chart, time plot, spectrogram, model facts.
 
     ``metrics``: :func:`experiment.model_card.metrics_summary` of the run (shown in the model facts). The
     Classify button is also the API endpoint ``/classify`` (one audio file in; label probabilities, the time
     figure, the segments table, the spectrogram figure, a details dict with every probability, window and
     segment, and the status text out). ``clf``'s ``calibrated`` and ``min_confidence`` decide the numbers and
-    the answer.
+    the answer. ``concurrency``: classifications at once; ``queue_size``: requests that may wait (Gradio's queue,
+    see the module docstring).
     """
     upload_root = get_upload_folder()
     name = clf.meta.get("experiment_name") or "audio classifier"
@@ -226,7 +236,8 @@ def build_demo(clf: Classifier, metrics: dict | None = None, top_k: int = 5, max
                 with gr.Accordion("All numbers (JSON)", open=False):
                     details = gr.JSON(label="probabilities, windows and segments")
         button.click(classify, inputs=audio, outputs=[label, timeline, segments, spectrogram, details, status],
-                     api_name="classify")
+                     api_name="classify", concurrency_limit=concurrency)
+    demo.queue(max_size=queue_size)
     return demo
 
 
@@ -249,13 +260,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max_mb", type=float, default=50, help="largest upload accepted, MB (default 50)")
     p.add_argument("--max_minutes", type=float, default=10, help="longest recording accepted, minutes (default 10)")
     p.add_argument("--top_k", type=int, default=5, help="labels shown in the chart (default 5)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="classifications running at once (default 1; 2 on a GPU overlaps decoding and the network)")
+    p.add_argument("--queue_size", type=int, default=64,
+                   help="requests that may wait for a turn; more are refused at once (default 64)")
     p.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1 ...")
     p.add_argument("--uncalibrated", action="store_true",
                    help="show the raw softmax instead of the calibrated probabilities (same top-1)")
     p.add_argument("--min_confidence", type=float, default=0.0, metavar="P",
                    help="answer 'unknown' when the top (calibrated) probability is below P, in [0, 1] (default 0)")
     args = p.parse_args(argv)
-    for key in ("max_mb", "max_minutes", "top_k"):
+    for key in ("max_mb", "max_minutes", "top_k", "concurrency", "queue_size"):
         if getattr(args, key) <= 0:
             p.error(f"--{key} must be positive, got {getattr(args, key)}")
     if not 0.0 <= args.min_confidence <= 1.0:
@@ -271,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     folder = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
     metrics = clf.meta.get("metrics") or metrics_summary(read_metrics(folder))
-    demo = build_demo(clf, metrics, args.top_k, args.max_mb, args.max_minutes)
+    demo = build_demo(clf, metrics, args.top_k, args.max_mb, args.max_minutes, args.concurrency, args.queue_size)
     demo.launch(**launch_options(args.host, args.port, args.share, args.max_mb), prevent_thread_lock=True, quiet=True)
     where = "this machine only; --host=0.0.0.0 to serve the network" if args.host == "127.0.0.1" else f"on {args.host}"
     print(f"{args.model}: open {demo.local_url} ({where})"
