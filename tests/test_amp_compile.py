@@ -4,7 +4,10 @@ turns autocast on for CUDA only), for the image, spectrogram and waveform layout
 bugs before a GPU user does; it does not replace the GPU checks."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
@@ -122,21 +125,28 @@ def test_bf16_autocast_evaluation_gives_evaluate_py_top1(trained_run):
 
 
 @pytest.mark.slow
-def test_compile_runs_an_epoch_of_the_demo_with_the_same_val_top1(tmp_path):
-    """--compile=True on the CPU: torch.compile (inductor, which needs a C++ compiler) trains one epoch of the
-    demo preset and validates; val top-1 equals the uncompiled run's."""
-    pytest.importorskip("torch._inductor")
+def test_compile_trains_an_epoch_of_the_demo_and_evaluates_as_eager(tmp_path):
+    """--compile=True on the CPU (inductor, which needs a C++ compiler) trains one epoch of the demo preset.
+
+    Its own validation (through the compiled model) equals evaluate.py's eager evaluation of its best.pt: the
+    compiled graph computes what the eager one does. Against the uncompiled run, the training loss agrees to
+    1%, but val top-1 need not be equal: compiled kernels round differently (a first step's loss differs by
+    1e-7, its gradients by 1e-5 relative), and an epoch from scratch amplifies that (README, Reliability)."""
+    import evaluate
     from torch._inductor import cpp_builder
     try:
         cpp_builder.get_cpp_compiler()
     except Exception as err:
         pytest.skip(f"the inductor cannot build C++ here: {err}")
-    top1 = {}
+    runs = {}
     for compiled in (False, True):
         out = tmp_path / str(compiled)
         summary = train.main(["--preset=demo", "--num_epochs=1", f"--compile={compiled}", f"--out_dir={out / 'runs'}",
                               f"--cache_dir={tmp_path / 'cache'}", f"--data_root={tmp_path / 'demo'}",
-                              f"--csv_path={tmp_path / 'demo.csv'}", f"--swanlab_logdir={out / 'swanlog'}",
-                              "--swanlab_mode=disabled", "--experiment_name=demo"])
-        top1[compiled] = summary["summary/best_val_acc"]
-    assert top1[True] == pytest.approx(top1[False], abs=1e-9), top1
+                              f"--csv_path={tmp_path / 'demo.csv'}", "--swanlab_mode=disabled",
+                              "--experiment_name=demo"])
+        runs[compiled] = pd.read_csv(Path(summary["run_dir"]) / "history.csv").iloc[0]
+    assert runs[True]["train/loss"] == pytest.approx(runs[False]["train/loss"], rel=0.01)
+    eager = evaluate.main([str(tmp_path / "True" / "runs" / "demo"), "--split=val", "--device=cpu"])
+    assert 100 * eager["metrics"]["top1"] == pytest.approx(runs[True]["val/acc"], abs=1e-9)
+    assert eager["loss"] == pytest.approx(runs[True]["val/loss"], rel=1e-4)
