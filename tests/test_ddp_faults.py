@@ -96,7 +96,9 @@ def test_torchrun_ctrl_c_on_one_rank_then_kill_9_of_one_rank(tmp_path):
     proc = start_torchrun(args, tmp_path, log)
     wait_until(lambda: (run / "history.csv").exists(), proc, log)  # epoch 1 done: in epoch 2 now
     os.kill(rank_pid(proc, 1), signal.SIGINT)
+    interrupted = time.monotonic()
     out = finish(proc, log, timeout=120)
+    print(f"\nSIGINT to rank 1: both ranks exited {time.monotonic() - interrupted:.1f} s later")  # README figure
     assert exit_codes(out) == {0: 130, 1: 130}, out[-4000:]
     assert out.count("Interrupted in epoch") == 1 and f"--resume={run}" in out
     state = load_checkpoint(run / "last.pt")
@@ -111,6 +113,7 @@ def test_torchrun_ctrl_c_on_one_rank_then_kill_9_of_one_rank(tmp_path):
     os.kill(rank_pid(proc, 1), signal.SIGKILL)
     killed = time.monotonic()
     out = finish(proc, log, timeout=90)
+    print(f"kill -9 of rank 1: rank 0 exited {time.monotonic() - killed:.1f} s later")  # README figure
     assert time.monotonic() - killed < 60  # the process-group timeout (--dist_timeout=60) bounds the wait
     assert exit_codes(out) == {0: 1, 1: -9} or exit_codes(out) == {0: 143, 1: -9}, out[-4000:]
     # rank 0 says what happened, whichever came first: the broken connection or torchrun's SIGTERM
@@ -161,6 +164,8 @@ def test_a_rank_that_stops_answering_fails_the_others_after_the_process_group_ti
         p.join(timeout=60)
         assert p.exitcode == 0
     seen = json.loads(out.read_text())
+    with capfd.disabled():  # README figure
+        print(f"\na silent rank: rank 0 failed {seen['seconds']:.1f} s into the all-reduce (timeout 2 s)")
     assert seen["waited"] > 2.5  # wait_for_main outlasts the 2 s timeout
     assert 1.9 < seen["seconds"] < 6.0
     assert seen["error"].startswith("rank 0 of 2 lost the other ranks during epoch 1, step 4 (Timed out waiting")

@@ -27,6 +27,11 @@ def run_dir(tmp_path):
     return tmp_path / "runs" / "tiny"
 
 
+def overrides(tmp_path, root, **extra) -> list[str]:
+    """A tiny run of one epoch without SwanLab (these tests read the run folder only)."""
+    return tiny_overrides(tmp_path, root, **{"num_epochs": 1, "swanlab_mode": "disabled", **extra})
+
+
 def no_temp_files(folder) -> bool:
     return not [p for p in folder.rglob(".*") if p.is_file()]
 
@@ -41,7 +46,7 @@ def test_a_full_disk_stops_training_with_the_space_needed_and_keeps_both_checkpo
     full = full_disk_open(free=4096, after=2)
     monkeypatch.setattr(checkpoint, "open", full, raising=False)
     with pytest.raises(CheckpointError) as err:
-        train.main(tiny_overrides(tmp_path, root, num_epochs=2))
+        train.main(overrides(tmp_path, root, num_epochs=2))
     run = run_dir(tmp_path)
     message = str(err.value)
     assert f"could not write checkpoint {run / 'last.pt'}: the disk holding {run} is full (No space left on " \
@@ -124,7 +129,7 @@ def test_clips_broken_after_indexing_are_skipped_by_the_cache_build(tmp_path, mo
 
     monkeypatch.setattr(data.FeatureCache, "build", build_after_the_files_changed)
     with pytest.warns(UserWarning, match="skipped 2 unusable audio file") as record:
-        train.main(tiny_overrides(tmp_path, root, num_epochs=1))
+        train.main(overrides(tmp_path, root))
     message = "\n".join(str(w.message) for w in record)
     assert f"{deleted}: file not found" in message and str(corrupted) in message
     state = load_checkpoint(run_dir(tmp_path) / "last.pt")
@@ -155,7 +160,7 @@ def test_clips_broken_before_the_normalisation_pass_are_left_out_of_it(tmp_path,
     monkeypatch.setattr(np, "save", full_disk_save)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        train.main(tiny_overrides(tmp_path, root, num_epochs=1))
+        train.main(overrides(tmp_path, root))
     monkeypatch.setattr(np, "save", real_save)
     message = "\n".join(str(w.message) for w in record if "normalisation" in str(w.message))
     assert "skipped 2 unusable audio file(s) while computing the normalisation statistics" in message
@@ -185,7 +190,7 @@ def test_a_clip_deleted_mid_epoch_is_skipped_and_reported(tmp_path, monkeypatch,
         return real_step_seed(seed, rank, epoch, step)
 
     monkeypatch.setattr(train, "step_seed", delete_at_step_1)
-    train.main(tiny_overrides(tmp_path, root, num_epochs=1, batch_size=2))
+    train.main(overrides(tmp_path, root, batch_size=2))
     out = capfd.readouterr()
     assert out.out.count(f"warning: skipped {victim}: ") == 1 and "file not found" in out.out
     history = pd.read_csv(run_dir(tmp_path) / "history.csv")
@@ -207,7 +212,7 @@ def test_a_clip_deleted_before_evaluation_is_skipped_and_reported(tmp_path, monk
         return real_evaluate(run, split, *args, **kwargs)
 
     monkeypatch.setattr(train, "evaluate", delete_then_evaluate)
-    train.main(tiny_overrides(tmp_path, root, num_epochs=1))
+    train.main(overrides(tmp_path, root))
     out = capfd.readouterr()
     assert out.out.count(f"warning: skipped {victim[0]}: ") == 1 and "file not found" in out.out
     history = pd.read_csv(run_dir(tmp_path) / "history.csv")
