@@ -18,7 +18,9 @@ a pretrained front end (see models/registry.py) sets the feature keys over any p
 on the command line to another value is an error.
 
 Every epoch goes to SwanLab and to runs/<run>/history.csv; best.pt and last.pt are written atomically.
-Ctrl-C saves last.pt (mid-epoch) and exits 130; --resume continues exactly where the run stopped.
+Ctrl-C saves last.pt (mid-epoch) and exits 130; --resume continues exactly where the run stopped. Under
+torchrun a Ctrl-C that reaches one rank stops every rank at the next sync; a rank that dies or hangs stops
+the others with an error within --dist_timeout seconds; a full disk stops the run with the space it needs.
 """
 from __future__ import annotations
 
