@@ -57,7 +57,7 @@ from experiment.checkpoint import CheckpointError, load_checkpoint
 from experiment.config import ConfigError, explicit_keys, parse_value
 from experiment.hooks import StopTraining
 from experiment.tracking import Tracker
-from search.report import VALUE, save_plots, status_text, write_json, write_trials_csv
+from search.report import VALUE, save_plots, status_text, test_text, write_json, write_trials_csv
 from search.space import SearchSpace, SpaceError, load_space
 from search.storage import JOURNAL_NAME, MAX_RETRY, describe, fail_stale_trials, is_url, open_storage
 from search.trials import ACTIVE, counts, progress
@@ -287,11 +287,14 @@ class Objective:
 
     def hook(self, trial: optuna.Trial, offset: int):
         """The on_epoch hook of one run: report val top-1 at step ``offset + epoch``, stop if the pruner says so."""
+        best = 0.0
+
         def on_epoch(epoch: int, metrics: dict) -> None:
-            self.epochs += 1
+            nonlocal best
+            self.epochs, best = self.epochs + 1, max(best, metrics["val/acc"])
             trial.report(metrics["val/acc"], offset + epoch)
             if trial.should_prune():
-                raise StopTraining("pruned", f"pruned after epoch {epoch} at val top-1 {metrics['val/acc']:.1f}%, "
+                raise StopTraining("pruned", f"pruned after epoch {epoch}: best val top-1 so far {best:.1f}%, "
                                              "below what the pruner keeps at that epoch")
         return on_epoch
 
@@ -306,13 +309,15 @@ def check_not_surplus(trial: optuna.Trial, n_trials: int) -> None:
         raise SurplusTrial(f"trial {trial.number}: the study already has its {n_trials} trials")
 
 
-def work(study: optuna.Study, sweep: Sweep, objective: Objective) -> None:
+def work(study: optuna.Study, sweep: Sweep, objective: Objective) -> bool:
     """Run trials until the study has ``n_trials`` counted ones (search.trials.counts). When the rest are running
     in other workers, wait for them: one that stops sending heartbeats is failed and queued again, and this
-    worker runs it. A progress bar counts the study's finished trials."""
+    worker runs it. A progress bar counts the study's finished trials. Returns whether this worker writes the
+    report: it ran the trial that completed the study, or found the study complete; not when another worker
+    completed it while this one waited."""
     done = progress(study.get_trials(deepcopy=False))[0]
     bar = tqdm(total=sweep.n_trials, initial=min(done, sweep.n_trials), desc=f"study {sweep.study}", unit="trial")
-    said = False
+    said = False  # waiting for other workers' trials
     try:
         while True:
             fail_stale_trials(study)
@@ -320,7 +325,7 @@ def work(study: optuna.Study, sweep: Sweep, objective: Objective) -> None:
             bar.n = min(done, sweep.n_trials)
             bar.refresh()
             if done >= sweep.n_trials:
-                return
+                return not said
             if not waiting and done + running >= sweep.n_trials:
                 if not said:
                     tqdm.write(f"waiting for {running} trial(s) running in other workers; one whose worker died is "
@@ -430,13 +435,7 @@ def finish(study: optuna.Study, sweep: Sweep) -> dict:
     if baseline:
         print(f"baseline (the base config, t{baseline.number}): {VALUE} {baseline.value:.2f}")
     print(f"best trial t{best.number}: {VALUE} {best.value:.2f} ({out['val_note']})")
-    if "top1" in test:
-        spread = (f"95% CI {test['top1_ci'][0]:.1f}-{test['top1_ci'][1]:.1f}%" if "top1_ci" in test
-                  else f"± {test['top1_std']:.1f} over folds")
-        print(f"test top-1 {test['top1']:.2f}% ({spread}), macro-F1 {test['macro_f1']:.2f}%, {test['n']} tracks: "
-              f"{test['protocol']}")
-    else:
-        print(test["note"])
+    print(f"{test_text(test)}: {test['protocol']}" if "top1" in test else test["note"])
     print(f"files: {sweep.folder / 'trials.csv'}, {sweep.folder / 'best.json'}, "
           + ", ".join(p for p in out["plots"].values() if p.endswith(".png")))
     print(f"reproduce the best trial:\n  {best.user_attrs['command']}")
@@ -516,13 +515,17 @@ def main(argv: list[str] | None = None, pruner: optuna.pruners.BasePruner | None
           f"sharing --storage). Progress: python sweep.py --status {sweep.folder}", flush=True)
     objective = Objective(sweep)
     try:
-        work(study, sweep, objective)
+        reporter = work(study, sweep, objective)
     except KeyboardInterrupt:
         requeue(study, objective.current)
         print(f"\nInterrupted; nothing is lost. Run the same command to continue study {sweep.study}"
               + (f" (trial {objective.current} runs again with its parameters)." if objective.current is not None
                  else "."), flush=True)
         raise
+    if not reporter:
+        print(f"study {sweep.study} is complete. The worker that ran its last trial scores the best trial on test and "
+              f"writes the report; read it with: python sweep.py --status {sweep.folder}", flush=True)
+        return {}
     return finish(study, sweep)
 
 
