@@ -3,7 +3,7 @@ a study database that any number of workers share, and every trial as a SwanLab 
 
     python sweep.py --space=search/fsdd.yaml --preset=fsdd --n_trials=16           # a worker; start it again to add one
     CUDA_VISIBLE_DEVICES=1 python sweep.py --space=search/fsdd.yaml --preset=fsdd --n_trials=16   # 2nd GPU, same study
-    python sweep.py --space=s.yaml --storage=postgresql://user:pass@db-host/optuna ...            # workers on many machines
+    python sweep.py --space=s.yaml --storage=postgresql://user:pass@db-host/optuna ...   # workers on many machines
     python sweep.py --status runs/fsdd                                              # where a study stands, any time
 
 The space is a YAML file, one line per CONFIG key (search/space.py): a list is categorical, ``{low, high}`` a
@@ -453,14 +453,15 @@ def log_summary(sweep: Sweep, out: dict) -> None:
         except (OSError, CheckpointError, KeyError):
             project = "sweeps"
     tracker = Tracker(sweep.folder)
-    tracker.start(project, f"{sweep.study}-summary", dict(best=out["best"], space=out["space"], n_trials=out["n_trials"],
-                                                          storage=out["storage"]),
-                  sweep.cfg["swanlab_mode"], sweep.cfg["swanlab_logdir"], group=sweep.study)
-    scalars = {"sweep/best_val_acc": out["best"]["best_val_acc"], "sweep/epochs_saved_percent":
-               out["epochs_saved_percent"], **{f"sweep/test_{k}": v for k, v in out["test"].items()
-                                              if k in ("top1", "macro_f1")}}
+    config = dict(best=out["best"], space=out["space"], n_trials=out["n_trials"], storage=out["storage"])
+    tracker.start(project, f"{sweep.study}-summary", config, sweep.cfg["swanlab_mode"], sweep.cfg["swanlab_logdir"],
+                  group=sweep.study)
+    test = {f"sweep/test_{k}": v for k, v in out["test"].items() if k in ("top1", "macro_f1")}
+    scalars = {"sweep/best_val_acc": out["best"]["best_val_acc"],
+               "sweep/epochs_saved_percent": out["epochs_saved_percent"], **test}
     if "top1_ci" in out["test"]:
-        scalars |= {"sweep/test_top1_ci_low": out["test"]["top1_ci"][0], "sweep/test_top1_ci_high": out["test"]["top1_ci"][1]}
+        low, high = out["test"]["top1_ci"]
+        scalars |= {"sweep/test_top1_ci_low": low, "sweep/test_top1_ci_high": high}
     tracker.log(scalars, step=1)
     for name, path in out["plots"].items():
         if path.endswith(".png"):
@@ -505,10 +506,11 @@ def main(argv: list[str] | None = None, pruner: optuna.pruners.BasePruner | None
     study = open_study(sweep, make_sampler(args, sweep), pruner or make_pruner(args, sweep), args.baseline)
     if args.sampler == "grid":
         sweep.n_trials = min(sweep.n_trials, int(np.prod([len(v) for v in sweep.space.grid().values()])))
+    worker = shlex.join(["python", "sweep.py", *(sys.argv[1:] if argv is None else argv)])
     write_json(sweep.folder / "sweep.json", dict(study=sweep.study, storage=describe(sweep.storage),
                                                  n_trials=sweep.n_trials, keys=sweep.space.keys,
                                                  space=sweep.space.describe(), train_argv=sweep.train_argv,
-                                                 worker_command=shlex.join(["python", "sweep.py", *(argv or sys.argv[1:])]),
+                                                 worker_command=worker,
                                                  updated=datetime.now().isoformat(timespec="seconds")))
     print(f"study {sweep.study}: {sweep.n_trials} trials in {describe(sweep.storage)}; run folders in {sweep.folder}/."
           f"\nMore workers: start this same command again (other shells, GPUs with CUDA_VISIBLE_DEVICES, machines "
