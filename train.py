@@ -59,6 +59,7 @@ from experiment.config import ConfigError, explicit_keys, format_help, key_comme
 from experiment.ema import build_ema, ema_checkpoint, evaluated, restore_ema
 from experiment.engine import (MIN_BATCH_CLIPS, PendingSteps, Runtime, backward, build_model_and_optimizer,
                                loader_settings, mixup, optimizer_step, prepare_batch, setup_runtime, step_seed)
+from experiment.hooks import EpochHook, StopTraining
 from experiment.model_card import write_model_card
 from experiment.resume import ResumeState, StopRequest
 from experiment.tracking import MODES, Tracker
@@ -84,6 +85,7 @@ CONFIG = dict(
     hf_audio_column="",            # its audio column; empty: the one Audio column
     hf_label_column="",            # its label column; empty: the one ClassLabel column (its order gives the class ids)
     hf_splits="",                  # which of its splits are train/val/test, e.g. train=train,val=dev; empty: by name
+    final_test=True,               # score best.pt on the test split at the end; False: on val (sweep.py's trials)
     # --- features ---
     sample_rate=22050,             # Hz; every file is down-mixed to mono and resampled to it
     n_fft=2048,                    # STFT size, samples
@@ -166,6 +168,7 @@ CONFIG = dict(
     # --- logging ---
     swanlab_project="",            # empty: "<dataset>-classification"
     experiment_name="",            # empty: built from arch, resize, learning rate, preset and time
+    swanlab_group="",              # SwanLab experiment group (sweep.py: the study); empty: none, K-fold: the folds' parent
     swanlab_mode="",               # empty: SwanLab's own (cloud if logged in) | cloud | local | offline | disabled
     swanlab_logdir="swanlog",      # where local/offline runs are written
     confusion_every=5,             # log the validation confusion matrix every N epochs (and at the end); 0: end only
@@ -317,10 +320,12 @@ def check_folds(cfg: dict) -> None:
                           "--experiment_name=NAME, the same for every fold, so a later command can gather them")
 
 
-def run_training(cfg: dict, resumed: dict | None = None) -> dict:
+def run_training(cfg: dict, resumed: dict | None = None, on_epoch: EpochHook | None = None) -> dict:
     """One run: runtime -> data -> model and optimiser -> tracker -> epochs (train, evaluate, log and
     checkpoint) -> final report. ``cfg`` as read_config returns it, ``resumed`` the checkpoint to continue.
-    Returns the summary scalars and ``run_dir``. Ctrl-C saves last.pt and raises KeyboardInterrupt."""
+    Returns the summary scalars and ``run_dir``. Ctrl-C saves last.pt and raises KeyboardInterrupt.
+    ``on_epoch(epoch, metrics)`` (experiment/hooks.py) runs on rank 0 after each epoch is logged and saved; a
+    StopTraining it raises ends the run there with that status (no final report) and propagates."""
     cfg = dict(cfg)  # the stages fill in the resolved data paths and the SwanLab names
     runtime = setup_runtime(cfg)
     data = load_data(cfg, runtime, resumed)
@@ -348,8 +353,15 @@ def run_training(cfg: dict, resumed: dict | None = None) -> dict:
             if distributed.all_reduce_sum([float(stop.requested)], runtime.dist)[0]:
                 raise KeyboardInterrupt  # Ctrl-C during evaluation: last.pt of this epoch is already saved
             distributed.barrier(runtime.dist)
+            epoch_hook(run, on_epoch)
             if early_stop(run):
                 break
+    except StopTraining as halt:
+        status = halt.status
+        if runtime.dist.is_main:
+            print(f"stopped after epoch {epoch + 1} ({status}): {halt.reason}", flush=True)
+            tracker.log({f"summary/{status}_epoch": epoch + 1}, step=epoch + 1)
+        raise
     except KeyboardInterrupt:
         status = "aborted"
         if runtime.dist.is_main:
@@ -532,7 +544,7 @@ def start_tracker(cfg: dict, runtime: Runtime, data: RunData, resumed: dict | No
     tracker = Tracker(run_dir, enabled=runtime.dist.is_main, history=resumed["history"] if resumed else None)
     tracker.start(project, experiment, {**cfg, "environment": environment(runtime, data)}, cfg["swanlab_mode"],
                   cfg["swanlab_logdir"], run_id=resumed.get("swanlab_run_id") if resumed else None,
-                  group=run_dir.parent.name if cfg["folds"] else None)
+                  group=cfg["swanlab_group"] or (run_dir.parent.name if cfg["folds"] else None))
     if runtime.dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         splits, dist = data.splits, runtime.dist
@@ -810,6 +822,23 @@ def checkpoint_state(run: Run, progress: ResumeState) -> dict:
                 swanlab_project=cfg["swanlab_project"], experiment_name=cfg["experiment_name"])
 
 
+def epoch_hook(run: Run, on_epoch: EpochHook | None) -> None:
+    """``on_epoch(epoch, the epoch's history row)`` on rank 0; a StopTraining it raises is raised on every rank
+    (broadcast from rank 0, a collective only when ``on_epoch`` is given)."""
+    if on_epoch is None:
+        return
+    stop = None
+    if run.runtime.dist.is_main:
+        row = run.tracker.history[-1]
+        try:
+            on_epoch(int(row["train/epoch"]), dict(row))
+        except StopTraining as err:
+            stop = err
+    stop = distributed.broadcast(stop, run.runtime.dist)
+    if stop is not None:
+        raise stop
+
+
 def early_stop(run: Run) -> bool:
     """Whether to stop after this epoch (``early_stopping_patience`` > 0): rank 0 decides from the history
     (so a resumed run decides as the uninterrupted one would), every rank agrees; the reason is printed and
@@ -852,14 +881,15 @@ def final_report(run: Run, best: dict) -> dict:
         distributed.barrier(dist)
         best_weights = load_checkpoint(run_dir / "best.pt", map_location=run.runtime.device)["model"]
         evaluated(run.ema, run.model).load_state_dict(best_weights)
-    final_split = "test" if "test" in run.data.eval_loaders else "val"
+    final_split = "test" if "test" in run.data.eval_loaders and cfg["final_test"] else "val"
     final = evaluate(run, final_split, BOOTSTRAP_RESAMPLES)
     val = final if final_split == "val" else evaluate(run, "val")
     calibration = calibration_report(fit_calibration(val["logits"], val["labels"]), final["logits"], final["labels"],
                                      final_split)
     minutes = (sum(r["train/epoch_seconds"] for r in run.tracker.history) / 60) if dist.is_main else 0.0
     protocol = ("held-out test split, checkpoint chosen on val" if final_split == "test" else
-                "val split, also used to choose the checkpoint: optimistic, the tutorial's protocol")
+                "val split, also used to choose the checkpoint: optimistic"
+                + (", the tutorial's protocol" if cfg["final_test"] else " (final_test=False: test left unseen)"))
     summary = {"summary/best_val_acc": best["val_acc"], "summary/best_epoch": best["epoch"],
                f"summary/{final_split}_acc": final["acc"], f"summary/{final_split}_macro_f1": final["macro_f1"],
                "summary/total_minutes": minutes, **interval_scalars(final_split, final["metrics"]),

@@ -19,6 +19,7 @@ from pathlib import Path
 from experiment.checkpoint import write_atomic
 
 MODES = ("", "cloud", "local", "offline", "disabled")
+SWANLAB_STATES = ("success", "crashed", "aborted")  # what swanlab.finish accepts
 
 
 class Tracker:
@@ -133,10 +134,12 @@ class Tracker:
             print(f"warning: could not write {path} ({err})")
 
     def finish(self, state: str = "success") -> None:
-        """Close the SwanLab run (``success``, ``aborted`` on Ctrl-C, ``crashed`` on an error)."""
+        """Close the SwanLab run (``success``, ``aborted`` on Ctrl-C, ``crashed`` on an error). Another state,
+        such as ``pruned`` (a sweep's pruner stopped the run), closes it as ``aborted``, the nearest that
+        SwanLab knows; the caller logs what stopped it (``summary/pruned_epoch``)."""
         if self.swanlab is not None:
             try:
-                self.swanlab.finish(state=state)
+                self.swanlab.finish(state=state if state in SWANLAB_STATES else "aborted")
             except Exception as err:
                 self._report("finish", err)
             self.swanlab = None
