@@ -1,4 +1,5 @@
-"""The dataset index: ``audio_dataset.csv`` with columns ``path,label`` and, optionally, ``group``.
+"""The dataset index: ``audio_dataset.csv`` with columns ``path,label`` and, optionally, ``group``, ``fold`` and
+``split``.
 
 Layouts found under a data root (the first that exists wins):
     <root>/genres_original/<label>/*.wav   (Kaggle GTZAN)
@@ -8,6 +9,9 @@ Layouts found under a data root (the first that exists wins):
 Paths are stored relative to the CSV's folder when possible, so a project folder can move.
 A ``group`` column (speaker, artist, session; written by the user, never by the scan) is kept when the CSV is
 read and makes the splits group-aware (``data.splits``); rebuilding the index rescans the folders and drops it.
+A ``fold`` column (predefined cross-validation folds) and a ``split`` column (a predefined train/val/test
+split) are kept the same way; the benchmark readers (``data.benchmarks``) write them. A ``label`` cell may hold
+several labels separated by ``;`` (multi-label tagging, ``data.labels``).
 File names that are not valid UTF-8 survive the round trip (written with ``surrogateescape``).
 """
 from __future__ import annotations
@@ -34,14 +38,17 @@ No dataset found. Either
 ENCODING = dict(encoding="utf-8", errors="surrogateescape")
 
 
+EXTRA_COLUMNS = ("group", "fold", "split")  # optional index columns kept when a CSV is read
+
+
 class DataError(Exception):
     """The data cannot be used for training or evaluation; the message says why and how to fix it."""
 
 
 @dataclass
 class Index:
-    """A loaded index. ``df`` has columns ``path`` (absolute), ``label`` and, when the CSV has one, ``group``;
-    ``skipped`` lists (path, reason)."""
+    """A loaded index. ``df`` has columns ``path`` (absolute), ``label`` and those of :data:`EXTRA_COLUMNS`
+    the CSV has; ``skipped`` lists (path, reason)."""
     df: pd.DataFrame
     csv_path: Path
     skipped: list = field(default_factory=list)
@@ -116,21 +123,29 @@ def build_index(data_root: Path, csv_path: Path, show_progress: bool = True) -> 
     if not items:
         raise DataError(f"{data_root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in <label>/ sub-folders.\n"
                         f"Expected layout: {data_root}/<label>/<file>.wav\n{GTZAN_HELP}")
-    rows, skipped = [], []
-    for path, label in tqdm(items, desc=f"Indexing {data_root.name}", unit="file", disable=not show_progress,
-                            leave=False):
-        reason = probe(path)
+    df = pd.DataFrame([(str(p), label) for p, label in items], columns=["path", "label"], dtype=object)
+    return write_index(df, csv_path, data_root, show_progress)
+
+
+def write_index(df: pd.DataFrame, csv_path: Path, data_root: Path, show_progress: bool = True) -> Index:
+    """Probe every file of ``df`` (``path`` absolute, ``label``, maybe :data:`EXTRA_COLUMNS`) once, drop the
+    unusable ones with one warning, write the rest to ``csv_path`` atomically (paths relative to its folder) and
+    return the index. Raises DataError when no file is usable."""
+    keep, skipped = [], []
+    for i, path in enumerate(tqdm(df.path, desc=f"Indexing {data_root.name}", unit="file",
+                                  disable=not show_progress, leave=False)):
+        reason = probe(Path(path))
         if reason:
             skipped.append((str(path), reason))
         else:
-            rows.append((str(path), label))
+            keep.append(i)
     if skipped:
         warn_skipped(skipped, "while indexing")
-    if not rows:
-        raise DataError(f"{data_root}: none of the {len(items)} audio files could be decoded.")
+    if not keep:
+        raise DataError(f"{data_root}: none of the {len(df)} audio files could be decoded.")
     csv_path = Path(csv_path).resolve()
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows, columns=["path", "label"], dtype=object)  # object: paths may hold surrogate escapes
+    df = df.iloc[keep].reset_index(drop=True).astype(object)  # object: paths may hold surrogate escapes
     out = df.assign(path=pd.Series([_relative(Path(p), csv_path.parent) for p in df.path], dtype=object))
     tmp = csv_path.with_name(f".{csv_path.name}.tmp{os.getpid()}")
     out.to_csv(tmp, index=False, **ENCODING)
@@ -147,8 +162,8 @@ def warn_skipped(skipped: list, when: str) -> None:
 def read_index(csv_path: Path) -> Index:
     """Read an index CSV; paths are resolved against the CSV's folder.
 
-    Rows whose file no longer exists are dropped with one warning. A ``group`` column is kept (other extra
-    columns are not).
+    Rows whose file no longer exists are dropped with one warning. The :data:`EXTRA_COLUMNS` (``group``,
+    ``fold``, ``split``) are kept; other columns are not.
     Raises:
         DataError: the CSV is unreadable, lacks ``path``/``label`` columns, or lists no existing file.
     """
@@ -162,13 +177,13 @@ def read_index(csv_path: Path) -> Index:
     if missing:
         raise DataError(f"{csv_path}: needs the columns 'path' and 'label' but has {list(df.columns)} "
                         f"(missing {sorted(missing)}). Fix the header, or pass --rebuild_index=True to regenerate it.")
-    df = df[[c for c in ("path", "label", "group") if c in df.columns]]
+    df = df[[c for c in ("path", "label", *EXTRA_COLUMNS) if c in df.columns]]
     blank = (df.path.str.strip() == "") | (df.label.str.strip() == "")
     if blank.any():
         warnings.warn(f"{csv_path}: {int(blank.sum())} row(s) with an empty path or label ignored", stacklevel=2)
         df = df[~blank]
     paths = [p if os.path.isabs(p) else os.path.normpath(csv_path.parent / p) for p in df.path]
-    columns = {"path": paths, "label": df.label.values} | ({"group": df.group.values} if "group" in df else {})
+    columns = {"path": paths, "label": df.label.values} | {c: df[c].values for c in EXTRA_COLUMNS if c in df}
     df = pd.DataFrame(columns, dtype=object)  # pandas 3's Arrow strings reject the surrogate escapes of
     exists = df.path.map(os.path.exists)      # non-UTF-8 file names; object columns keep them
     skipped = [(p, "listed in the CSV but the file does not exist") for p in df.path[~exists]]
@@ -181,8 +196,9 @@ def read_index(csv_path: Path) -> Index:
 
 
 def load_or_build_index(data_root: Path, csv_path: Path, rebuild: bool = False, show_progress: bool = True) -> Index:
-    """Reuse ``csv_path`` when it indexes ``data_root`` (every row lies under it and every label
-    is a folder there), else (or with ``rebuild``) rescan. Returns the :class:`Index`."""
+    """Reuse ``csv_path`` when it indexes ``data_root``: every row lies under it, and either every label is a
+    folder there (a scan of the tree) or none is (a CSV written by hand or a script, whose labels, ``;``-joined
+    sets included, are not folders); else (or with ``rebuild``) rescan. Returns the :class:`Index`."""
     csv_path = Path(csv_path).resolve()
     if csv_path.exists() and not rebuild:
         try:
@@ -192,7 +208,9 @@ def load_or_build_index(data_root: Path, csv_path: Path, rebuild: bool = False, 
         else:
             root = str(data_root) + os.sep
             labels = {p.name for p in data_root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-            if all(p.startswith(root) for p in index.df.path) and set(index.df.label) <= labels:
+            names = {n.strip() for cell in index.df.label for n in cell.split(";")}
+            if all(p.startswith(root) for p in index.df.path) and (set(index.df.label) <= labels
+                                                                     or not names & labels):
                 print(f"Using index {csv_path} ({len(index.df)} clips; --rebuild_index=True rescans {data_root})")
                 return index
             print(f"Rebuilding the index: {csv_path} does not index {data_root}")
