@@ -7,14 +7,18 @@ audio-pretrained backbone (PANNs CNN14, AST, wav2vec2 / HuBERT / DistilHuBERT) o
     python train.py --preset=demo,distilhubert       # demo's data with DistilHuBERT's published recipe
     python train.py --data_root=my_audio --arch=resnet50 --resize=320 --learning_rate=3e-4
     python train.py --resume=runs/<run>              # continue from runs/<run>/last.pt
+    python train.py --csv_path=tags.csv --split=stratified   # multi-label when label cells hold dog;rain
+    python train.py --preset=esc50 --data_root=ESC-50-master # a benchmark download, its 5 predefined folds
     torchrun --nproc_per_node=4 train.py             # DistributedDataParallel, one process per GPU
 
-Presets: data presets (demo, fsdd) and the tutorial's runs (resnet18, resnext101_32x8d) set data and recipe;
-the recipe presets of the audio backbones (cnn14, ast, distilhubert) set only model, optimisation and
-augmentation keys, so --preset=DATA,RECIPE combines them (applied in order, a later one wins). A backbone with
-a pretrained front end (see models/registry.py) sets the feature keys over any preset; setting one of them
-on the command line to another value is an error.
+Presets: data presets (demo, fsdd; esc50, urbansound8k, fsd50k: the benchmarks' protocols) and the tutorial's
+runs (resnet18, resnext101_32x8d) set data and recipe; the recipe presets of the audio backbones (cnn14, ast,
+distilhubert) set only model, optimisation and augmentation keys, so --preset=DATA,RECIPE combines them (applied
+in order, a later one wins). A backbone with a pretrained front end (see models/registry.py) sets the feature
+keys over any preset; setting one of them on the command line to another value is an error.
 
+The task (experiment/tasks.py: single_label, or multilabel with BCE, mAP and per-class thresholds) decides the
+loss, the validation metrics, the metric choosing best.pt and the final report.
 Every epoch goes to SwanLab and to runs/<run>/history.csv; best.pt and last.pt are written atomically.
 Ctrl-C saves last.pt (mid-epoch) and exits 130; --resume continues exactly where the run stopped.
 """
