@@ -18,13 +18,13 @@ top-1 on the tracks a given P answers, and what fraction it answers.
 
 A multi-label model (task multilabel, experiment/tasks.py) gives each label its own sigmoid probability and
 answers every label whose probability reaches its class's threshold (tuned F1-optimal on the run's val split
-and saved in best.pt): the table's "labels" column and the JSON's "labels" list (most probable first), "none"
+and saved in best.pt): the table's answer column and the JSON's "labels" list (most probable first), "none"
 when no label reaches its threshold; --min_confidence=P raises every threshold below P to P; --top_k still
 lists the k most probable. The JSON then says "task": "multilabel" and holds the "thresholds".
 
 --timeline writes, per file, every window's start, end (seconds) and top-k labels, and the segments:
-consecutive windows with the same top label (or unknown) merged, with the mean probability of that label
-(evaluation.timeline). They go to <timeline_dir>/windows.csv and segments.csv (one row per window or segment,
+consecutive windows with the same top label (or unknown; multi-label: the same set of labels at or above their
+thresholds) merged, with the mean probability of that label (evaluation.timeline). They go to <timeline_dir>/windows.csv and segments.csv (one row per window or segment,
 with the file's path) and, with --json, into each prediction's "timeline". --hop_seconds sets the windows'
 hop (finer boundaries); --window_seconds their length, where the model takes other lengths (CNN14 and the
 wav2vec2 family do; image-layout CNNs, AST and exported graphs take only the training window).

@@ -33,6 +33,8 @@ No dataset found. Either
     (https://www.kaggle.com/datasets/andradaolteanu/gtzan-dataset-music-genre-classification) and unzip it
     here so that ./GTZAN/genres_original/<genre>/*.wav exists (the marsyas ./GTZAN/genres/ layout works too);
   * or point at any folder of labelled audio: python train.py --data_root=/path/to/<label>/<audio files>;
+  * or at an unpacked benchmark download: python train.py --preset=esc50 --data_root=ESC-50-master (also
+    --preset=urbansound8k, --preset=fsd50k; see the README's Benchmarks section);
   * or try the whole pipeline offline on built-in synthetic audio: python train.py --preset=demo"""
 
 ENCODING = dict(encoding="utf-8", errors="surrogateescape")

@@ -109,3 +109,19 @@ def test_cross_validation_on_predefined_folds_says_so(tmp_path, one_thread):
                                                            ["tracks"])
     card = (Path(summary["run_dir"]) / "fold0" / "README.md").read_text()
     assert "predefined folds (the index's `fold` column: 1, 2)" in card
+
+
+def test_multilabel_folds_are_summarised_by_map(tmp_path):
+    from evaluation.cross_validation import format_summary, summarize_folds
+    runs = []
+    for fold, (m_ap, auc) in enumerate([(0.6, 0.8), (0.7, 0.9)]):
+        run = tmp_path / f"fold{fold}"
+        run.mkdir()
+        entry = dict(n=10, mAP=m_ap, mAUC=auc, d_prime=1.0 + fold, macro_f1=0.5, mAP_ci=[m_ap - 0.1, m_ap + 0.1],
+                     label_names=["a", "b"], fold=fold, folds=2, predefined_folds=["1", "2"], protocol="p")
+        (run / "metrics.json").write_text(json.dumps({"test": entry}))
+        runs.append(run)
+    summary = summarize_folds(runs, tmp_path)
+    assert summary["mAP_mean"] == pytest.approx(0.65) and summary["mAP_std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert summary["n"] == 20 and Path(summary["png"]).name == "map_cv.png" and Path(summary["png"]).is_file()
+    assert format_summary(summary).startswith("2-fold CV on predefined folds test mAP 0.650 ± 0.071")
