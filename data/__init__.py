@@ -48,9 +48,10 @@ class PreparedData:
         relative to ``data_root`` in split order, ``groups``: the sorted distinct groups in it ([] without
         groups), ``class_counts``: {label: tracks} for every label name, 0 included}}."""
         lists, multilabel = self.track_lists(), self.task == "multilabel"
+        counts = {name: label_counts(part.label, multilabel) for name, part in self.splits.items()}
         return {name: dict(tracks=lists[name],
                            groups=sorted(set(part[GROUP])) if GROUP in part.columns else [],
-                           class_counts={n: label_counts(part.label, multilabel).get(n, 0) for n in self.label_names})
+                           class_counts={n: counts[name].get(n, 0) for n in self.label_names})
                 for name, part in self.splits.items()}
 
 
