@@ -11,7 +11,9 @@ val split; --uncalibrated: the raw softmax), the answer ("unknown" when the top 
 --min_confidence), each window's probabilities along time (for a song: which part sounds like which genre)
 with the segments listed under it (consecutive windows with the same top label), the log-mel spectrogram the
 windows were cut from, and what the model is: labels, training data and its test (or val) accuracy with the
-protocol behind it. The numbers come from Classifier.analyze, the same features, windows and network as
+protocol behind it. A multi-label model (experiment/tasks.py) shows each label's own sigmoid probability and
+answers every label at or above its threshold (tuned on val), "none" when no label reaches it; its model facts
+give mAP. The numbers come from Classifier.analyze, the same features, windows and network as
 predict.py, so they are predict.py's numbers. Gradio's API works too:
 gradio_client.Client(url).predict(handle_file("song.wav"), api_name="/classify").
 
@@ -140,10 +142,15 @@ def model_summary(clf: Classifier, metrics: dict) -> str:
              f"**Training data**: {dataset_name(cfg)}, split `{cfg.get('split')}`"
              + (" (" + ", ".join(f"{n} {split}" for split, n in counts.items()) + " tracks)" if counts else "") + "."]
     for split, m in metrics.items():
-        lines.append(f"**{split} top-1**: {percent(m['top1'])}, macro-F1 {percent(m.get('macro_f1', float('nan')))} "
-                     f"on {m.get('n', '?')} tracks ({m.get('protocol', 'protocol not recorded')}).")
-    if "val_acc" in (meta.get("best") or {}):
-        lines.append(f"**Best val top-1 during training**: {meta['best']['val_acc']:.1f}% "
+        protocol = m.get("protocol", "protocol not recorded")
+        if "mAP" in m:
+            lines.append(f"**{split}**: {clf.task.headline(m)} on {m.get('n', '?')} tracks ({protocol}).")
+        else:
+            lines.append(f"**{split} top-1**: {percent(m['top1'])}, macro-F1 "
+                         f"{percent(m.get('macro_f1', float('nan')))} on {m.get('n', '?')} tracks ({protocol}).")
+    key = clf.task.best_key
+    if key in (meta.get("best") or {}):
+        lines.append(f"**Best {clf.task.selection_words} during training**: {meta['best'][key]:.1f}% "
                      f"(epoch {meta['best'].get('epoch', '?')}).")
     lines.append(f"**Input**: mono at {clf.sample_rate} Hz, cut into {cfg.get('clip_seconds')} s windows every "
                  f"{cfg.get('eval_hop_seconds')} s; the window logits are averaged.")
@@ -186,13 +193,20 @@ def classify_upload(clf: Classifier, path: str | None, max_mb: float, max_minute
     details = dict(file=name, seconds=round(pred.seconds, 3), windows=pred.num_windows, answer=pred.label,
                    calibrated=clf.calibrated and "calibration" in clf.meta, temperature=clf.applied_temperature,
                    min_confidence=clf.min_confidence, probabilities=probabilities,
+                   labels=[dict(label=n, probability=q) for n, q in pred.labels],
+                   thresholds=dict(zip(clf.label_names, clf.thresholds["thresholds"])) if clf.thresholds else None,
                    window_starts=[round(float(s), 3) for s in analysis.window_starts],
                    window_probabilities=analysis.window_probabilities.tolist(),
                    segments=[dict(zip(SEGMENT_HEADERS, row)) for row in segments])
     top, p = pred.top_k(1)[0]
-    answer = (f"most probable: **{top}** ({percent(p)})" if pred.label != UNKNOWN else
-              f"answer: **{UNKNOWN}** (the most probable, {top}, has {percent(p)}, below the "
-              f"{percent(clf.min_confidence)} minimum)")
+    if clf.task.name == "multilabel":
+        answer = ("labels at or above their thresholds: " + ", ".join(f"**{n}** ({percent(q)})" for n, q in pred.labels)
+                  if pred.labels else f"answer: **{pred.label}**: no label reaches its threshold (the most "
+                                      f"probable, {top}, has {percent(p)})")
+    else:
+        answer = (f"most probable: **{top}** ({percent(p)})" if pred.label != UNKNOWN else
+                  f"answer: **{UNKNOWN}** (the most probable, {top}, has {percent(p)}, below the "
+                  f"{percent(clf.min_confidence)} minimum)")
     status = f"**{name}**: {pred.seconds:.1f} s, {pred.num_windows} window(s) averaged; {answer}."
     return (probabilities, time_figure(analysis, clf.label_names), segments,
             spectrogram_figure(analysis, clf.config.get("scale")), details, status)
@@ -227,7 +241,8 @@ def build_demo(clf: Classifier, metrics: dict | None = None, top_k: int = 5, max
                     gr.Markdown(model_summary(clf, metrics or {}))
             with gr.Column(scale=3):
                 top_k = min(top_k, len(clf.label_names))
-                kind = "calibrated" if clf.calibrated and "calibration" in clf.meta else "raw softmax"
+                kind = ("sigmoid, each label on its own" if clf.task.name == "multilabel" else
+                        "calibrated" if clf.calibrated and "calibration" in clf.meta else "raw softmax")
                 label = gr.Label(num_top_classes=top_k, label=f"Top {top_k} ({kind} probabilities)")
                 timeline = gr.Plot(label="Along time: each window's class probabilities")
                 segments = gr.Dataframe(headers=SEGMENT_HEADERS, label="Segments: consecutive windows with the "

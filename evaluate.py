@@ -1,5 +1,6 @@
 """Evaluate a trained checkpoint on a split of its data, or on any labelled folder or CSV: top-1, macro-F1
-with 95% bootstrap intervals, per-class table, confusion matrix.
+with 95% bootstrap intervals, per-class table, confusion matrix; for a multi-label model mAP (with its
+interval), mAUC, d', micro/macro-F1 at its per-class thresholds, the per-class table and AP chart.
 
     python evaluate.py runs/<experiment>                    # its best.pt, on test (val when the run has none)
     python evaluate.py runs/<experiment>/last.pt --split=val
@@ -32,6 +33,14 @@ raw and calibrated, the selective-classification table (top-1 on the 50/80/90/10
 the --min_confidence reaching each) and reliability_<split>.png. A checkpoint without a temperature (trained
 before calibration existed) gets one fitted on its val split and stored in it (atomically; nothing else in
 the file changes); --calibrate fits it again.
+
+Multi-label checkpoints (experiment/tasks.py): the metrics are per track as above, mAP as the mean of
+scikit-learn's per-class average precision over the classes with a positive (evaluation.multilabel); the
+decision rule is one threshold per class, F1-optimal on the run's val split, stored in best.pt under
+``thresholds`` at the end of training (fitted here and stored when missing; --calibrate tunes them again);
+F1 on val is then optimistic. The report is average_precision_<split>.png and the per-class table (AP, AUC,
+support, threshold, precision, recall, F1); --errors lists the tracks whose predicted label set differs from
+their labels. No temperature: softmax calibration does not apply to independent labels.
 """
 from __future__ import annotations
 
@@ -51,13 +60,13 @@ from data import DataError, prepare_data
 from data.dataset import TrackDataset, collate_tracks
 from data.index import read_index
 from data.splits import split_parts
-from evaluation import predict_tracks, track_loss
-from evaluation.calibration import calibration_report, fit_calibration, store_calibration
+from evaluation import predict_tracks
 from evaluation.classifier import Classifier
-from evaluation.metrics import classification_metrics, close, interval_text, save_report
-from experiment.checkpoint import CheckpointError, write_atomic
+from evaluation.metrics import BOOTSTRAP_RESAMPLES, close
+from experiment.checkpoint import CheckpointError, store_entry, write_atomic
 from experiment.distributed import pick_device
 from experiment.progress import progress
+from experiment.tasks import get_task
 from experiment.tracking import Tracker
 
 PROTOCOLS = {"test": "held-out test split, checkpoint chosen on val",
@@ -87,8 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="write the misclassified recordings to this CSV: path, true label, top-3 labels with "
                         "probabilities")
     p.add_argument("--calibrate", action="store_true",
-                   help="fit the temperature on the run's val split again and store it in the checkpoint (done "
-                        "without asking when the checkpoint has none)")
+                   help="fit the temperature (multi-label: the per-class thresholds) on the run's val split again "
+                        "and store it in the checkpoint (done without asking when the checkpoint has none)")
     p.add_argument("--csv_path", default=None, help="index CSV to use or write (default: the checkpoint's)")
     p.add_argument("--cache_dir", default=None, help="spectrogram cache folder (default: the checkpoint's)")
     p.add_argument("--batch_size", type=int, default=None, help="tracks per batch (default: the checkpoint's)")
@@ -164,9 +173,11 @@ def evaluate_split(clf: Classifier, data, split: str, batch_size: int, num_worke
                    show_progress: bool = True) -> dict:
     """Track-level evaluation of one prepared split with the classifier's model and features.
 
-    Returns dict: ``logits`` float32 [N, K] (window-averaged, cpu), ``labels`` long [N], ``paths`` (N track
-    paths), ``loss`` (mean cross-entropy), ``metrics`` (:func:`evaluation.metrics.classification_metrics`),
-    ``skipped`` (tracks that could not be read, with reasons).
+    Returns dict: ``logits`` float32 [N, K] (window-averaged, cpu), ``labels`` long [N] (multi-label: multi-hot
+    float32 [N, K]), ``paths`` (N track paths), ``loss`` (mean cross-entropy, or BCE), ``metrics`` (the task's,
+    experiment/tasks.py: :func:`evaluation.metrics.classification_metrics`, or
+    :func:`evaluation.multilabel.multilabel_metrics` at the classifier's thresholds), ``skipped`` (tracks that
+    could not be read, with reasons).
     Raises DataError when no track of the split can be read.
     """
     part = data.splits[split]
@@ -179,25 +190,27 @@ def evaluate_split(clf: Classifier, data, split: str, batch_size: int, num_worke
     if not len(labels):
         raise DataError(f"no track of the {split} split could be read: "
                         + "; ".join(f"{s.path}: {s.reason}" for s in out["skipped"][:3]))
-    metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), clf.label_names)
+    metrics = clf.task.metrics(logits, labels, clf.label_names, BOOTSTRAP_RESAMPLES, clf.thresholds)
     return dict(logits=logits, labels=labels, paths=[part.path[int(i)] for i in out["indices"]],
-                loss=track_loss(logits, labels), metrics=metrics, skipped=out["skipped"])
+                loss=clf.task.track_loss(logits, labels), metrics=metrics, skipped=out["skipped"])
 
 
 def log_to_swanlab(mode: str, log_dir: str, cfg: dict, meta: dict, split: str, metrics: dict, figure,
-                   run_dir: Path, calibration: dict | None = None, reliability=None) -> None:
-    """A new SwanLab experiment ``<experiment>-eval-<split>`` in the run's project holding the top-1 and
-    macro-F1 (percent), the ``calibration`` summary scalars (CalibrationReport.summary), the confusion image
-    and the ``reliability`` diagram; SwanLab failures are reported and ignored."""
+                   run_dir: Path, calibration: dict | None = None, reliability=None, task=None) -> None:
+    """A new SwanLab experiment ``<experiment>-eval-<split>`` in the run's project holding the ``task``'s
+    scalars (percent; single_label, the default: top-1 and macro-F1; multilabel: mAP, mAUC, d', F1), the
+    ``calibration`` summary scalars (CalibrationReport.summary), the split's figure (confusion matrix, or
+    per-class AP) and the ``reliability`` diagram; SwanLab failures are reported and ignored."""
+    task = task or get_task("single_label")
     tracker = Tracker(run_dir)
     name = f"{meta.get('experiment_name') or run_dir.name}-eval-{split}"
     tracker.start(meta.get("swanlab_project") or cfg.get("swanlab_project") or "evaluation", name,
                   dict(cfg, evaluated_split=split), mode, log_dir)
     step = int(meta.get("epoch") or 0)
-    tracker.log({f"{split}/acc": 100 * metrics["top1"], f"{split}/macro_f1": 100 * metrics["macro_f1"]}, step)
+    tracker.log(task.scalars(metrics, split), step)
     if calibration:
         tracker.log(calibration, step)
-    tracker.log_figure(f"{split}/confusion_matrix", figure, step, PROTOCOLS[split])
+    tracker.log_figure(f"{split}/{task.figure_name}", figure, step, PROTOCOLS[split])
     if reliability is not None:
         tracker.log_figure(f"{split}/reliability", reliability, step, "raw and calibrated")
     tracker.finish("success")
@@ -231,12 +244,15 @@ def seen_in_training(meta: dict, config: dict, paths) -> int | None:
 
 def external_report(clf: Classifier, out: dict, source: str) -> dict:
     """Print which of the model's classes the data lacks and what training saw; return metrics.json extras
-    (``data``, ``absent_classes``, ``macro_f1_present``: macro-F1 over the classes present, ``seen_in_training``,
-    ``protocol``)."""
-    present = sorted(set(out["labels"].tolist()))
+    (``data``, ``absent_classes``, ``macro_f1_present``: macro-F1 over the classes present (single-label; a
+    multi-label macro-F1 already averages the classes present only), ``seen_in_training``, ``protocol``)."""
+    labels = out["labels"]
+    present = sorted(set(labels.nonzero()[:, 1].tolist() if labels.dim() == 2 else labels.tolist()))
     absent = [n for i, n in enumerate(clf.label_names) if i not in present]
-    extra = dict(data=source, absent_classes=absent, macro_f1_present=out["metrics"]["macro_f1"])
-    if absent:
+    extra = dict(data=source, absent_classes=absent)
+    if "macro_f1" in out["metrics"]:
+        extra["macro_f1_present"] = out["metrics"]["macro_f1"]
+    if absent and labels.dim() == 1:
         pred = out["logits"].argmax(1).numpy()
         extra["macro_f1_present"] = float(f1_score(out["labels"].numpy(), pred, labels=present, average="macro",
                                                    zero_division=0))
@@ -257,15 +273,17 @@ def external_report(clf: Classifier, out: dict, source: str) -> dict:
 
 def calibrate(clf: Classifier, args: argparse.Namespace, ckpt: Path, run_dir: Path, data, split: str,
               out: dict) -> dict | None:
-    """The checkpoint's ``calibration`` record; when it has none, or with ``--calibrate``, a temperature fitted
-    on the run's val split (``data`` when it holds the run's own splits, else prepared from the checkpoint's
-    config; ``out`` when ``split`` is val), stored in ``ckpt`` and applied to ``clf``. Without ``--calibrate``
-    a val split that cannot be read leaves the probabilities raw with a warning (returns None).
+    """The checkpoint's decision rule (experiment/tasks.py: the ``calibration`` record, or multi-label
+    ``thresholds``); when it has none, or with ``--calibrate``, one fitted on the run's val split (``data``
+    when it holds the run's own splits, else prepared from the checkpoint's config; ``out`` when ``split`` is
+    val), stored in ``ckpt`` and applied to ``clf``. Without ``--calibrate`` a val split that cannot be read
+    leaves the probabilities raw (thresholds at 0.5) with a warning (returns None).
 
     Raises DataError (with ``--calibrate``) when the run's val split cannot be read.
     """
-    if clf.meta.get("calibration") and not args.calibrate:
-        return clf.meta["calibration"]
+    key = clf.task.decision_key
+    if clf.meta.get(key) and not args.calibrate:
+        return clf.meta[key]
     try:
         if split == "val":
             val = out
@@ -278,25 +296,35 @@ def calibrate(clf: Classifier, args: argparse.Namespace, ckpt: Path, run_dir: Pa
     except DataError as err:
         if args.calibrate:
             raise
-        print(f"warning: this checkpoint has no temperature and its val split cannot be read to fit one ({err}); "
-              "the probabilities are the raw softmax", file=sys.stderr)
+        print(f"warning: this checkpoint has no {key} and its val split cannot be read to fit them ({err}); "
+              f"{clf.probability_note()}", file=sys.stderr)
         return None
-    record = fit_calibration(val["logits"], val["labels"])
-    store_calibration(ckpt, record)
-    clf.meta["calibration"], clf.temperature = record, record["temperature"]
-    print(f"calibration: temperature {record['temperature']:.3f} fitted on {record['tracks']} val tracks, stored "
-          f"in {ckpt}")
+    record = clf.task.fit_decision(val["logits"], val["labels"], clf.label_names)
+    store_entry(ckpt, key, record)
+    clf.set_decision(record)
+    what = f"temperature {record['temperature']:.3f}" if "temperature" in record else "per-class thresholds"
+    print(f"{key}: {what} fitted on {record['tracks']} val tracks, stored in {ckpt}")
     return record
 
 
-def write_errors(path, out: dict, label_names: list[str], k: int = 3, temperature: float = 1.0) -> int:
+def write_errors(path, out: dict, label_names: list[str], k: int = 3, temperature: float = 1.0,
+                 clf: Classifier | None = None) -> int:
     """Write the misclassified tracks of :func:`evaluate_split`'s ``out`` to the CSV ``path`` (atomically):
     ``path,true_label,top1_label,top1_probability,...`` for the ``k`` most probable labels, probabilities
-    of the logits divided by ``temperature``. Returns the rows."""
-    probs = (out["logits"] / temperature).softmax(1)
+    of the logits divided by ``temperature``. A multi-label ``clf``: the tracks whose answered label set (at
+    its thresholds) differs from their labels, with ``true_label`` and ``answer`` as ``;``-joined sets and
+    sigmoid probabilities. Returns the rows."""
+    task = clf.task if clf is not None else get_task("single_label")
+    multilabel = task.name == "multilabel"
+    probs = clf.probabilities(out["logits"]) if multilabel else (out["logits"] / temperature).softmax(1)
     k = min(k, len(label_names))
     top = probs.topk(k, dim=1)
-    wrong = (out["logits"].argmax(1) != out["labels"]).nonzero().flatten().tolist()  # as in the metrics
+    if multilabel:
+        answers = [task.answer(row, label_names, clf.thresholds) for row in probs]
+        truth = [task.describe(row, label_names) for row in out["labels"]]
+        wrong = [i for i, (a, t) in enumerate(zip(answers, truth)) if set(a.split(";")) != set(t.split(";"))]
+    else:
+        wrong = (out["logits"].argmax(1) != out["labels"]).nonzero().flatten().tolist()  # as in the metrics
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -304,11 +332,11 @@ def write_errors(path, out: dict, label_names: list[str], k: int = 3, temperatur
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f)
             header = [f"top{j}_{c}" for j in range(1, k + 1) for c in ("label", "probability")]
-            writer.writerow(["path", "true_label"] + header)
+            writer.writerow(["path", "true_label"] + (["answer"] if multilabel else []) + header)
             for i in wrong:
                 cells = [(label_names[int(c)], f"{float(q):.4f}") for c, q in zip(top.indices[i], top.values[i])]
-                writer.writerow([out["paths"][i], label_names[int(out["labels"][i])]]
-                                + [v for cell in cells for v in cell])
+                said = [truth[i], answers[i]] if multilabel else [label_names[int(out["labels"][i])]]
+                writer.writerow([out["paths"][i], *said] + [v for cell in cells for v in cell])
 
     write_atomic(path, write)
     return len(wrong)
@@ -344,35 +372,36 @@ def main(argv: list[str] | None = None) -> dict:
     out = evaluate_split(clf, data, split, args.batch_size or cfg["batch_size"], args.num_workers)
     for path, reason in {(s.path, s.reason) for s in out["skipped"]}:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
-    m = out["metrics"]
+    task = clf.task
+    record = calibrate(clf, args, ckpt, run_dir, data, split, out)
+    out["metrics"] = m = task.metrics(out["logits"], out["labels"], clf.label_names, BOOTSTRAP_RESAMPLES, record)
     extra = dict(protocol=PROTOCOLS[split], checkpoint=str(ckpt.resolve()) if split == "all" else ckpt.name,
                  epoch=clf.meta.get("epoch"), loss=out["loss"], evaluated_by="evaluate.py",
-                 splits={split: data.split_record()[split]})
+                 splits={split: data.split_record()[split]}, task=task.name)
     if split == "all":
         extra |= external_report(clf, out, args.csv or str(data.data_root))
-    calibration = calibration_report(calibrate(clf, args, ckpt, run_dir, data, split, out), out["logits"],
-                                     out["labels"], split)
-    extra |= calibration.metrics
+    decision = task.decision_report(record, out["logits"], out["labels"], clf.label_names, split)
+    extra |= decision.metrics
     title = (f"{clf.meta.get('experiment_name') or run_dir.name}\n{split} ({ckpt.name}, epoch "
-             f"{clf.meta.get('epoch', '?')}): top-1 {100 * m['top1']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f}%")
-    png, fig = save_report(out_dir, split, m, clf.label_names, title, extra=extra)
-    reliability, reliability_fig = calibration.save_figure(out_dir, title.replace("\n", ": "))
+             f"{clf.meta.get('epoch', '?')}): {task.headline(m)}")
+    png, fig = task.save_report(out_dir, split, m, clf.label_names, title, extra=extra)
+    reliability, reliability_fig = decision.save_figure(out_dir, title.replace("\n", ": "))
     if args.swanlab_mode != "disabled":
         log_to_swanlab(args.swanlab_mode, args.swanlab_logdir or cfg.get("swanlab_logdir", "swanlog"), cfg,
-                       clf.meta, split, m, fig, out_dir, calibration.summary(), reliability_fig)
+                       clf.meta, split, m, fig, out_dir, decision.summary(), reliability_fig, task)
     close(fig)
-    close(reliability_fig)
+    if reliability_fig is not None:
+        close(reliability_fig)
     print(f"\n{m['report']}")
-    print(f"{split} top-1 {100 * m['top1']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f}%, loss {out['loss']:.4f}; "
-          f"{interval_text(m)}; {extra['protocol']}")
-    print(calibration.text())
+    print(f"{split} {task.headline(m)}, loss {out['loss']:.4f}; {task.interval_text(m)}; {extra['protocol']}")
+    print(decision.text())
     if args.errors:
-        wrong = write_errors(args.errors, out, clf.label_names, temperature=clf.applied_temperature)
+        wrong = write_errors(args.errors, out, clf.label_names, temperature=clf.applied_temperature, clf=clf)
         print(f"{wrong} misclassified recording(s) written to {args.errors}")
-    print(f"confusion matrix: {png}\nreliability diagram: {reliability}\nmetrics: {out_dir / 'metrics.json'}")
+    print(f"{task.figure_name.replace('_', ' ')}: {png}\n" + (f"reliability diagram: {reliability}\n" if reliability
+                                                               else "") + f"metrics: {out_dir / 'metrics.json'}")
     return out | dict(split=split, png=str(png), metrics_json=str(out_dir / "metrics.json"), out_dir=str(out_dir),
-                      calibration=calibration.metrics["calibration"], selective=calibration.metrics["selective"],
-                      reliability_png=str(reliability))
+                      reliability_png=str(reliability) if reliability else None, **decision.metrics)
 
 
 if __name__ == "__main__":

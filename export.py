@@ -13,9 +13,10 @@ CNN, [batch, 1, n_mels, frames] for CNN14 and AST, [batch, 1, 1, samples] for th
 input transform (normalise; for images resize and 3 channels) stay outside the graph; export.json beside the network
 holds their parameters (the checkpoint's config and features.norm), the label names, the window and hop,
 the backbone, the run's metrics and its ``calibration`` (the temperature fitted on val, when the checkpoint
-has one). Classifier.from_export (and predict.py / app.py on the folder) rebuilds them exactly as from the
-checkpoint and divides the network's raw logits by the temperature, so an export gives the checkpoint's
-calibrated predictions.
+has one), and for a multi-label run its per-class ``thresholds`` (tuned on val). Classifier.from_export (and
+predict.py / app.py on the folder) rebuilds them exactly as from the checkpoint and divides the network's raw
+logits by the temperature (multi-label: the sigmoid, then the thresholds), so an export gives the checkpoint's
+predictions.
 
 ONNX uses torch's TorchScript-based exporter (opset 18, dynamic_axes) by default, which needs torch and
 onnx; --dynamo uses the torch.export-based exporter torch recommends since 2.9 (also needs onnxscript).
@@ -186,6 +187,7 @@ def export_spec(args: argparse.Namespace, clf: Classifier, ckpt: Path, run_dir: 
                 experiment_name=clf.meta.get("experiment_name"),
                 **({"calibration": calibration} if calibration else {}),
                 epoch=clf.meta.get("epoch"), best=clf.meta.get("best"), metrics=metrics_summary(read_metrics(run_dir)),
+                task=clf.task.name, **({"thresholds": clf.meta["thresholds"]} if clf.meta.get("thresholds") else {}),
                 exported_from=str(ckpt), exported_with=dict(how, torch=torch.__version__), parity=parity)
 
 
@@ -214,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibration: temperature {calibration['temperature']:.3f} (fitted on "
               f"{calibration.get('fitted_on', 'val')}) in export.json; predict.py, Classifier.from_export and app.py "
               f"apply it (the network itself outputs raw logits)")
+    if "thresholds" in spec:
+        print(f"multi-label: the per-class thresholds (tuned on {spec['thresholds']['fitted_on']}) in export.json; "
+              f"predict.py, Classifier.from_export and app.py answer every label at or above its threshold (the "
+              f"network outputs raw logits, the sigmoid is applied outside)")
     print(f"use it: python predict.py {spec['folder']} song.mp3")
     if args.format == "hf":
         print(f'or with transformers: pipeline("audio-classification", model="{spec["folder"]}"), see its README.md')

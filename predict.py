@@ -5,6 +5,7 @@
     python predict.py runs/<experiment>/export_onnx song.mp3       # a folder written by export.py
     python predict.py runs/<experiment> dog.wav --min_confidence=0.6   # "unknown" below 60%
     python predict.py runs/<experiment> mix.wav --timeline --hop_seconds=2   # what plays when, as CSV too
+    python predict.py runs/<tagger> street.wav          # a multi-label model: every label above its threshold
 
 Probabilities are calibrated: the logits are divided by the run's temperature (fitted on its val split at the
 end of training; evaluation.calibration) before the softmax, so 80% means right about 8 times in 10 on data
@@ -15,9 +16,15 @@ without a temperature (trained before calibration existed) prints the raw softma
 column, the JSON's "label"); the model card's selective-classification table (or evaluate.py's) gives the
 top-1 on the tracks a given P answers, and what fraction it answers.
 
+A multi-label model (task multilabel, experiment/tasks.py) gives each label its own sigmoid probability and
+answers every label whose probability reaches its class's threshold (tuned F1-optimal on the run's val split
+and saved in best.pt): the table's answer column and the JSON's "labels" list (most probable first), "none"
+when no label reaches its threshold; --min_confidence=P raises every threshold below P to P; --top_k still
+lists the k most probable. The JSON then says "task": "multilabel" and holds the "thresholds".
+
 --timeline writes, per file, every window's start, end (seconds) and top-k labels, and the segments:
-consecutive windows with the same top label (or unknown) merged, with the mean probability of that label
-(evaluation.timeline). They go to <timeline_dir>/windows.csv and segments.csv (one row per window or segment,
+consecutive windows with the same top label (or unknown; multi-label: the same set of labels at or above their
+thresholds) merged, with the mean probability of that label (evaluation.timeline). They go to <timeline_dir>/windows.csv and segments.csv (one row per window or segment,
 with the file's path) and, with --json, into each prediction's "timeline". --hop_seconds sets the windows'
 hop (finer boundaries); --window_seconds their length, where the model takes other lengths (CNN14 and the
 wav2vec2 family do; image-layout CNNs, AST and exported graphs take only the training window).
@@ -36,12 +43,15 @@ same probabilities here as in evaluate.py whatever its length. A file that canno
 or is shorter than that minimum gets one error line naming it on stderr and the others are still classified;
 the exit status is 1 only when no file could be classified.
 --json prints one JSON document on stdout (the progress bar and error lines go to stderr):
-    {"checkpoint": ..., "label_names": [...], "calibrated": true, "temperature": 1.83, "min_confidence": 0.0,
+    {"checkpoint": ..., "task": "single_label", "label_names": [...], "calibrated": true, "temperature": 1.83,
+     "min_confidence": 0.0,
      "predictions": [{"path": ..., "seconds": ..., "windows": ..., "label": ..., "confidence": ...,
+                      "labels": [{"label": ..., "probability": ...}],
                       "top_k": [{"label": ..., "probability": ...}],
                       "timeline": {"windows": [{"start", "end", "top_k"}], "segments": [...], ...}}],
      "errors": [{"path": ..., "error": ...}]}
-("timeline" only with --timeline; "temperature" is the one applied, 1.0 for the raw softmax.)
+("timeline" only with --timeline; "temperature" is the one applied, 1.0 for the raw softmax; "labels" is the
+answer as pairs: the top-1 alone, [] for unknown; multi-label runs add "thresholds": {label: threshold}.)
 """
 from __future__ import annotations
 
@@ -128,8 +138,10 @@ def classify_files(clf: Classifier, files: list[str], top_k: int, on_error=None,
                    ) -> tuple[list[dict], list[dict]]:
     """Classify every file, with a progress bar on stderr when there are several and stderr is a terminal.
 
-    Returns (predictions, errors): ``{"path", "seconds", "windows", "label" (the answer: top-1 or unknown),
-    "confidence" (the top probability), "top_k": [{"label", "probability"}]}``, with ``timeline``
+    Returns (predictions, errors): ``{"path", "seconds", "windows", "label" (the answer: top-1 or unknown; for a
+    multi-label model the labels at or above their thresholds joined with ``;``, or none), "confidence" (the top
+    probability), "labels": [{"label", "probability"}] (the answer's labels), "top_k": [{"label",
+    "probability"}]}``, with ``timeline``
     (:meth:`evaluation.timeline.Timeline.to_dict`) when asked, and ``{"path", "error"}`` dicts.
     ``window_seconds``/``hop_seconds``: other windows than the run's (``Classifier.window_frames``).
     ``on_error(path, message)`` is called for each failure as it happens.
@@ -148,6 +160,7 @@ def classify_files(clf: Classifier, files: list[str], top_k: int, on_error=None,
             pred = analysis.prediction
             predictions.append(dict(path=path, seconds=round(pred.seconds, 3), windows=pred.num_windows,
                                     label=pred.label, confidence=pred.confidence,
+                                    labels=[dict(label=label, probability=p) for label, p in pred.labels],
                                     top_k=[dict(label=label, probability=p) for label, p in pred.top_k(top_k)]))
             if timeline:
                 predictions[-1]["timeline"] = analysis.timeline(top_k).to_dict()
@@ -166,9 +179,10 @@ def duration(seconds: float) -> str:
 
 
 def format_table(predictions: list[dict], top_k: int, answer: bool = False) -> str:
-    """One row per file: path, length, windows averaged, the answer (top-1 or unknown; with ``answer``), then
-    ``label  probability%`` for each of the top k."""
-    label_width = max([len(t["label"]) for p in predictions for t in p["top_k"]] + [7])
+    """One row per file: path, length, windows averaged, the answer (top-1 or unknown, or a multi-label set;
+    with ``answer``), then ``label  probability%`` for each of the top k."""
+    label_width = max([len(t["label"]) for p in predictions for t in p["top_k"]]
+                      + [len(p["label"]) for p in predictions if answer] + [7])
     path_width = max([len(p["path"]) for p in predictions] + [4])
     cell = label_width + 8
     answer_header = f"{'answer':<{label_width}}  " if answer else ""
@@ -239,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     errors += failed
     csv_paths = write_timeline_csv(args.timeline_dir, predictions) if args.timeline and predictions else None
     if args.json:
-        print(json.dumps(dict(checkpoint=str(args.checkpoint), label_names=clf.label_names,
+        thresholds = {"thresholds": dict(zip(clf.label_names, clf.thresholds["thresholds"]))} if clf.thresholds else {}
+        print(json.dumps(dict(checkpoint=str(args.checkpoint), task=clf.task.name, label_names=clf.label_names,
                               calibrated=clf.calibrated and "calibration" in clf.meta,
-                              temperature=clf.applied_temperature, min_confidence=clf.min_confidence,
+                              temperature=clf.applied_temperature, min_confidence=clf.min_confidence, **thresholds,
                               predictions=predictions, errors=errors), indent=2))
     elif predictions:
         cfg = clf.config
@@ -249,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = f"; 'unknown' below {100 * clf.min_confidence:g}%" if clf.min_confidence else ""
         print(f"{args.checkpoint}: {len(clf.label_names)} classes, windows of {window:g} s every {hop:g} s "
               f"averaged per file, {clf.device}\n{clf.probability_note()}{unknown}\n")
-        print(format_table(predictions, min(args.top_k, len(clf.label_names)), answer=clf.min_confidence > 0))
+        answers = clf.min_confidence > 0 or clf.task.name == "multilabel"
+        print(format_table(predictions, min(args.top_k, len(clf.label_names)), answer=answers))
         if csv_paths:
             print(f"\n{format_segments(predictions)}\ntimeline: {csv_paths[0]}, {csv_paths[1]}")
     if not predictions:

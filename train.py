@@ -9,14 +9,18 @@ audio-pretrained backbone (PANNs CNN14, AST, wav2vec2 / HuBERT / DistilHuBERT) o
     python train.py --hf_dataset=user/name           # a Hugging Face dataset (Hub id or local copy), its own splits
     python train.py --arch=hf:facebook/wav2vec2-base # any Hugging Face audio-classification checkpoint (id or folder)
     python train.py --resume=runs/<run>              # continue from runs/<run>/last.pt
+    python train.py --csv_path=tags.csv --split=stratified   # multi-label when label cells hold dog;rain
+    python train.py --preset=esc50 --data_root=ESC-50-master # a benchmark download, its 5 predefined folds
     torchrun --nproc_per_node=4 train.py             # DistributedDataParallel, one process per GPU
 
-Presets: data presets (demo, fsdd) and the tutorial's runs (resnet18, resnext101_32x8d) set data and recipe;
-the recipe presets of the audio backbones (cnn14, ast, distilhubert) set only model, optimisation and
-augmentation keys, so --preset=DATA,RECIPE combines them (applied in order, a later one wins). A backbone with
-a pretrained front end (see models/registry.py) sets the feature keys over any preset; setting one of them
-on the command line to another value is an error.
+Presets: data presets (demo, fsdd; esc50, urbansound8k, fsd50k: the benchmarks' protocols) and the tutorial's
+runs (resnet18, resnext101_32x8d) set data and recipe; the recipe presets of the audio backbones (cnn14, ast,
+distilhubert) set only model, optimisation and augmentation keys, so --preset=DATA,RECIPE combines them (applied
+in order, a later one wins). A backbone with a pretrained front end (see models/registry.py) sets the feature
+keys over any preset; setting one of them on the command line to another value is an error.
 
+The task (experiment/tasks.py: single_label, or multilabel with BCE, mAP and per-class thresholds) decides the
+loss, the validation metrics, the metric choosing best.pt and the final report.
 Every epoch goes to SwanLab and to runs/<run>/history.csv; best.pt and last.pt are written atomically.
 Ctrl-C saves last.pt (mid-epoch) and exits 130; --resume continues exactly where the run stopped. Under
 torchrun a Ctrl-C that reaches one rank stops every rank at the next sync; a rank that dies or hangs stops
@@ -53,43 +57,46 @@ from data.demo import make_demo_dataset
 from data.features import build_features, build_input_transform, normalisation_for, window_frames
 from data.hf_dataset import default_split
 from data.index import warn_skipped
-from evaluation import predict_tracks, track_loss
-from evaluation.calibration import calibration_report, fit_calibration, store_calibration
+from data.labels import TASK_SETTINGS, label_counts
+from evaluation import predict_tracks
 from evaluation.cross_validation import fold_finished, fold_run_dirs, format_summary, summarize_folds
-from evaluation.metrics import (BOOTSTRAP_RESAMPLES, classification_metrics, close, interval_text,
-                                plot_confusion_matrix, save_report)
+from evaluation.metrics import BOOTSTRAP_RESAMPLES, close
 from experiment import distributed
-from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from experiment.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, store_entry
 from experiment.config import ConfigError, explicit_keys, format_help, key_comments, parse_config
 from experiment.ema import build_ema, ema_checkpoint, evaluated, restore_ema
 from experiment.engine import (MIN_BATCH_CLIPS, PendingSteps, Runtime, backward, build_model_and_optimizer,
                                loader_settings, mixup, optimizer_step, prepare_batch, setup_runtime, step_seed)
+from experiment.hooks import EpochHook, StopTraining
 from experiment.model_card import write_model_card
 from experiment.progress import progress as progress_bar
 from experiment.resume import ResumeState, StopRequest, Stopped, Terminated
 from experiment.tracking import MODES, Tracker
 from experiment.schedules import get_schedule
+from experiment.tasks import Task, get_task
 from models import PretrainedWeightsError, backbone_record, build_model, resolve_frontend
 
 
 CONFIG = dict(
     # --- data ---
-    data_root="",                  # folder of <label>/<audio files>; empty: ./GTZAN (its genres_original/ or genres/)
-    csv_path="audio_dataset.csv",  # the index (path,label); rebuilt when it does not match data_root
+    data_root="",                  # folder of <label>/<audio files> or a benchmark download; empty: ./GTZAN, or --csv_path's folder
+    csv_path="audio_dataset.csv",  # the index (path,label[,group,fold,split]); rebuilt when it does not match data_root
+    task="auto",                   # auto: multilabel when a label cell holds ';' | single_label | multilabel
     rebuild_index=False,           # rescan data_root even when csv_path matches it
-    split="tutorial",              # tutorial: per-label 80/20 train/val (the reference's) | stratified | fault_filtered | predefined
+    split="tutorial",              # tutorial: per-label 80/20 train/val (the reference's) | stratified | fault_filtered | predefined (the index's split column)
     val_size=0.2,                  # validation fraction (tutorial: of each label; stratified: of all tracks)
     test_size=0.1,                 # test fraction (split=stratified)
     split_seed=42,                 # random_state of the splits (the tutorial's 42)
     group_pattern="",              # regex on the path, 1st capture group = group (speaker, artist); no group in two splits
-    folds=0,                       # 0: off | K >= 2: K-fold cross-validation (group-, label-stratified) replaces split
+    folds=0,                       # 0: off | K >= 2: K-fold cross-validation (group-, label-stratified; the index's fold column when it has one) replaces split
     fold=-1,                       # -1: run the K folds one after another | i: fold i only (with experiment_name)
-    balanced_sampler=False,        # draw training clips class-balanced (WeightedRandomSampler, 1 / class count)
+    balanced_sampler=False,        # draw training clips class-balanced (WeightedRandomSampler: 1 / class count; multilabel: PSLA's sum over labels)
     hf_dataset="",                 # Hugging Face dataset: Hub id or local copy, instead of data_root (split: predefined)
     hf_config="",                  # its configuration (subset) name; empty: the default one
     hf_audio_column="",            # its audio column; empty: the one Audio column
     hf_label_column="",            # its label column; empty: the one ClassLabel column (its order gives the class ids)
     hf_splits="",                  # which of its splits are train/val/test, e.g. train=train,val=dev; empty: by name
+    final_test=True,               # score best.pt on the test split at the end; False: on val (sweep.py's trials)
     # --- features ---
     sample_rate=22050,             # Hz; every file is down-mixed to mono and resampled to it
     n_fft=2048,                    # STFT size, samples
@@ -157,8 +164,8 @@ CONFIG = dict(
     lr_gamma=0.1,                  # StepLR decay factor
     lr_schedule="step",            # step: warmup_epochs + StepLR per epoch | cosine: warmup_ratio, then cosine to 0 per step
     warmup_ratio=0.1,              # lr_schedule=cosine: fraction of the optimiser steps in linear warmup
-    early_stopping_patience=0,     # stop after this many epochs without val top-1 improving (0: off)
-    early_stopping_min_delta=0.0,  # improvement that counts, val top-1 percentage points
+    early_stopping_patience=0,     # stop after this many epochs without the selection metric improving (val top-1; multilabel: val mAP) (0: off)
+    early_stopping_min_delta=0.0,  # improvement that counts, percentage points of that metric
     # --- system ---
     device="auto",                 # auto: cuda, else mps, else cpu; or e.g. cpu, cuda:1
     num_workers=-1,                # DataLoader workers; -1: auto (0 on CPU, up to 8 on a GPU machine)
@@ -174,9 +181,10 @@ CONFIG = dict(
     # --- logging ---
     swanlab_project="",            # empty: "<dataset>-classification"
     experiment_name="",            # empty: built from arch, resize, learning rate, preset and time
+    swanlab_group="",              # SwanLab experiment group (sweep.py: the study); empty: none, K-fold: the folds' parent
     swanlab_mode="",               # empty: SwanLab's own (cloud if logged in) | cloud | local | offline | disabled
     swanlab_logdir="swanlog",      # where local/offline runs are written
-    confusion_every=5,             # log the validation confusion matrix every N epochs (and at the end); 0: end only
+    confusion_every=5,             # log the validation confusion matrix (multilabel: per-class AP chart) every N epochs (and at the end); 0: end only
     preset="",                     # set by --preset=NAME or --preset=DATA,RECIPE (applied in order)
 )
 
@@ -198,6 +206,16 @@ PRESETS = {
                  hop_length=80, n_mels=64, clip_seconds=1.0, eval_hop_seconds=0.5, resize=64, time_mask=12,
                  freq_mask=8, pretrained=False, batch_size=32, learning_rate=1e-3, num_epochs=8, warmup_epochs=1,
                  lr_step_size=5),
+    # The benchmarks' own protocols (data/benchmarks.py reads their metadata): --data_root=<the unpacked
+    # download>. ESC-50 and UrbanSound8K: the predefined folds, fold mean ± std; FSD50K: dev train/val, eval as
+    # test, multi-label (mAP), PSLA's balanced sampler (Gong et al. 2021). Combine with a recipe:
+    # --preset=esc50,cnn14.
+    "esc50": dict(data_root="ESC-50-master", csv_path=".cache/esc50_dataset.csv", folds=5, fold=-1,
+                  clip_seconds=5.0, eval_hop_seconds=2.5),
+    "urbansound8k": dict(data_root="UrbanSound8K", csv_path=".cache/urbansound8k_dataset.csv", folds=10, fold=-1,
+                         clip_seconds=4.0, eval_hop_seconds=2.0),
+    "fsd50k": dict(data_root="FSD50K", csv_path=".cache/fsd50k_dataset.csv", split="predefined",
+                   task="multilabel", clip_seconds=10.0, eval_hop_seconds=5.0, balanced_sampler=True),
     # Fine-tuning recipes of the audio-pretrained backbones. They set only the model, optimisation and
     # augmentation keys (the backbone sets its own front end), so they combine with a data preset:
     # --preset=demo,cnn14 (the presets apply in order). --preset=demo --arch=cnn14 is CNN14 with demo's recipe.
@@ -219,7 +237,7 @@ PRESETS = {
                          warmup_ratio=0.1, weight_decay=0.0, mixup_alpha=0.0),
 }
 # Keys that define the data, features and model: a resumed run keeps them.
-LOCKED_ON_RESUME = ("data_root", "csv_path", "split", "val_size", "test_size", "split_seed", "group_pattern", "folds",
+LOCKED_ON_RESUME = ("data_root", "csv_path", "task", "split", "val_size", "test_size", "split_seed", "group_pattern", "folds",
                     "fold", "hf_dataset", "hf_config", "hf_audio_column", "hf_label_column", "hf_splits",
                     "sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "scale", "top_db",
                     "clip_seconds", "resize", "arch", "frontend", "input_layout", "normalization", "norm_mean",
@@ -269,7 +287,7 @@ def run_folds(cfg: dict, argv: list[str]) -> dict:
         return {"run_dir": str(parent)}
     summary = summarize_folds(fold_run_dirs(parent), parent)
     print(f"\n{format_summary(summary)}\nsummary: {parent / 'cv_summary.json'}\n"
-          f"pooled confusion matrix: {summary['png']}")
+          f"{'pooled confusion matrix' if 'pooled_confusion' in summary else 'per-fold mAP'}: {summary['png']}")
     return summary | {"run_dir": str(parent)}
 
 
@@ -294,10 +312,14 @@ def read_config(argv: list[str]) -> tuple[dict, dict | None]:
         cfg = {**given, "resume": cfg["resume"]}
     else:
         cfg = default_split(resolve_frontend(cfg, explicit_keys(argv)), explicit_keys(argv))
+        if not cfg["data_root"] and "csv_path" in explicit_keys(argv) and Path(cfg["csv_path"]).is_file():
+            cfg["data_root"] = str(Path(cfg["csv_path"]).resolve().parent)  # a CSV alone: its paths' folder
     if cfg["swanlab_mode"] not in MODES:
         raise ConfigError(f"--swanlab_mode={cfg['swanlab_mode']}: choose one of {', '.join(m or '(empty)' for m in MODES)}")
     if cfg["features_on"] not in ("device", "item"):
         raise ConfigError(f"--features_on={cfg['features_on']}: choose device or item")
+    if cfg["task"] not in TASK_SETTINGS:
+        raise ConfigError(f"--task={cfg['task']}: choose one of {', '.join(TASK_SETTINGS)}")
     check_folds(cfg)
     check_augment(cfg)
     if not (0.0 <= cfg["label_smoothing"] < 1.0 and 0.0 <= cfg["ema_decay"] < 1.0):
@@ -325,10 +347,12 @@ def check_folds(cfg: dict) -> None:
                           "--experiment_name=NAME, the same for every fold, so a later command can gather them")
 
 
-def run_training(cfg: dict, resumed: dict | None = None) -> dict:
+def run_training(cfg: dict, resumed: dict | None = None, on_epoch: EpochHook | None = None) -> dict:
     """One run: runtime -> data -> model and optimiser -> tracker -> epochs (train, evaluate, log and
     checkpoint) -> final report. ``cfg`` as read_config returns it, ``resumed`` the checkpoint to continue.
-    Returns the summary scalars and ``run_dir``. Ctrl-C saves last.pt and raises KeyboardInterrupt."""
+    Returns the summary scalars and ``run_dir``. Ctrl-C saves last.pt and raises KeyboardInterrupt.
+    ``on_epoch(epoch, metrics)`` (experiment/hooks.py) runs on rank 0 after each epoch is logged and saved; a
+    StopTraining it raises ends the run there with that status (no final report) and propagates."""
     cfg = dict(cfg)  # the stages fill in the resolved data paths and the SwanLab names
     runtime = setup_runtime(cfg)
     data = load_data(cfg, runtime, resumed)
@@ -359,6 +383,7 @@ def run_training(cfg: dict, resumed: dict | None = None) -> dict:
                 if distributed.all_reduce_sum([float(stop.requested)], runtime.dist)[0]:
                     raise Stopped  # Ctrl-C during evaluation: last.pt of this epoch is already saved
                 distributed.barrier(runtime.dist)
+                epoch_hook(run, on_epoch)
                 if early_stop(run):
                     break
     except BaseException as err:
@@ -374,17 +399,25 @@ def run_training(cfg: dict, resumed: dict | None = None) -> dict:
 
 
 def end_early(run: Run, err: BaseException, epoch: int) -> None:
-    """A run that stops before its final report: say how to continue after Ctrl-C (rank 0), close the SwanLab
-    run as aborted (Ctrl-C) or crashed, and leave the process group: together after an agreed stop
-    (:class:`Stopped`: every rank waits for the others, so torchrun stops none of them early), at once
-    otherwise (a peer may be gone). ``epoch``: the 0-based epoch in progress."""
+    """A run that stops before its final report: say how to continue after Ctrl-C, or what stopped it after an
+    ``on_epoch`` hook's StopTraining (rank 0, with ``summary/<status>_epoch``), close the SwanLab run as aborted
+    (Ctrl-C), the hook's status or crashed, and leave the process group: together after an agreed stop
+    (:class:`Stopped`, StopTraining: every rank waits for the others, so torchrun stops none of them early),
+    at once otherwise (a peer may be gone). ``epoch``: the 0-based epoch in progress."""
     dist, run_dir = run.runtime.dist, run.run_dir
     if isinstance(err, KeyboardInterrupt) and dist.is_main:
         print(f"Interrupted in epoch {epoch + 1}; {run_dir / 'last.pt'} holds the last complete step.\n"
               f"Continue with: python train.py --resume={run_dir}", flush=True)
-    interrupted = isinstance(err, KeyboardInterrupt)
-    run.tracker.finish("aborted" if interrupted else "crashed", None if interrupted else f"{type(err).__name__}: {err}")
-    (distributed.leave_together if isinstance(err, Stopped) else distributed.cleanup)(dist)
+    if isinstance(err, StopTraining):
+        if dist.is_main:
+            print(f"stopped after epoch {epoch + 1} ({err.status}): {err.reason}", flush=True)
+            run.tracker.log({f"summary/{err.status}_epoch": epoch + 1}, step=epoch + 1)
+        run.tracker.finish(err.status)
+    elif isinstance(err, KeyboardInterrupt):
+        run.tracker.finish("aborted")
+    else:
+        run.tracker.finish("crashed", f"{type(err).__name__}: {err}")
+    (distributed.leave_together if isinstance(err, (Stopped, StopTraining)) else distributed.cleanup)(dist)
 
 
 def fetch_weights(cfg: dict) -> None:
@@ -402,7 +435,8 @@ class RunData:
     """The data of a run: class names, splits (DataFrames with path, label, y, entry), the track lists that
     checkpoints record, the split record (tracks, groups and class counts per split, PreparedData.split_record)
     and where the groups came from, front-end parameters and normalisation (``features``), the input transform (e.g. a MelImage
-    on the device: crops -> augmented in train mode, normalised, resized 3-channel images) and the loaders."""
+    on the device: crops -> augmented in train mode, normalised, resized 3-channel images), the loaders, the
+    task (experiment/tasks.py) and the predefined folds of the index's fold column ([] without)."""
     label_names: list[str]
     splits: dict[str, pd.DataFrame]
     track_lists: dict[str, list[str]]
@@ -414,6 +448,8 @@ class RunData:
     eval_loaders: dict[str, DataLoader]
     split_record: dict
     group_source: str
+    task: Task
+    fold_values: list
 
 
 def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
@@ -423,7 +459,7 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     The training loader yields this rank's shard of each epoch (class-balanced with ``balanced_sampler``), in
     batches of ``batch_size`` random crops (wider when the augmentation stretches time); the evaluation loaders
     (val, and test when the split has one) this rank's share of the tracks. Writes the resolved ``data_root``
-    and ``csv_path`` into ``cfg`` (checkpoints record them).
+    and ``csv_path`` and the resolved ``task`` into ``cfg`` (checkpoints record them).
     Raises:
         DataError: no usable data (see data.prepare_data).
         ConfigError: a bad augmentation setting or folder (noise_dir, rir_dir).
@@ -445,7 +481,7 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
     prepared = prepare_data(cfg, frontend, main_rank, functools.partial(distributed.wait_for_main, dist),
                             resumed["label_names"] if resumed else None, show_progress=main_rank,
                             num_workers=max(loader_kw["num_workers"], torch.multiprocessing.cpu_count() or 1))
-    cfg["data_root"], cfg["csv_path"] = str(prepared.data_root), str(prepared.index.csv_path)
+    cfg["data_root"], cfg["csv_path"], cfg["task"] = str(prepared.data_root), str(prepared.index.csv_path), prepared.task
     train = prepared.splits["train"]
     norm = resumed["features"]["norm"] if resumed else train_normalisation(cfg, prepared, frontend, dist)
     input_transform = build_input_transform(cfg, frontend, norm["mean"], norm["std"], augment)
@@ -475,7 +511,7 @@ def load_data(cfg: dict, runtime: Runtime, resumed: dict | None) -> RunData:
             eval_loaders[name] = DataLoader(shard, batch_size=cfg["batch_size"], collate_fn=collate_tracks, **loader_kw)
     return RunData(prepared.label_names, splits, prepared.track_lists(), len(prepared.unusable),
                    dict(params=frontend.params(), norm=norm), input_transform, sampler, train_loader, eval_loaders,
-                   prepared.split_record(), prepared.group_source)
+                   prepared.split_record(), prepared.group_source, get_task(prepared.task), prepared.fold_values)
 
 
 def train_normalisation(cfg: dict, prepared, frontend: nn.Module, dist: distributed.Dist) -> dict:
@@ -561,13 +597,13 @@ def start_tracker(cfg: dict, runtime: Runtime, data: RunData, resumed: dict | No
     tracker = Tracker(run_dir, enabled=runtime.dist.is_main, history=resumed["history"] if resumed else None)
     tracker.start(project, experiment, {**cfg, "environment": environment(runtime, data)}, cfg["swanlab_mode"],
                   cfg["swanlab_logdir"], run_id=resumed.get("swanlab_run_id") if resumed else None,
-                  group=run_dir.parent.name if cfg["folds"] else None)
+                  group=cfg["swanlab_group"] or (run_dir.parent.name if cfg["folds"] else None))
     if runtime.dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         splits, dist = data.splits, runtime.dist
         print(f"{experiment}: {len(splits['train'])} train / "
               + " / ".join(f"{len(splits[n])} {n}" for n in data.eval_loaders)
-              + f" clips, {len(data.label_names)} classes, {cfg['arch']} on {runtime.device}"
+              + f" clips, {len(data.label_names)} classes ({data.task.name}), {cfg['arch']} on {runtime.device}"
               + (f" x{dist.world_size}" if dist.enabled else "") + f", run folder {run_dir}")
     return tracker, run_dir
 
@@ -584,8 +620,7 @@ def default_names(cfg, data_root: Path) -> tuple[str, str]:
 def environment(runtime: Runtime, data: RunData) -> dict:
     """What the run ran on and with, logged beside the config: versions, device, precision, the data."""
     amp = str(runtime.amp_dtype).replace("torch.", "") if runtime.amp_dtype else "off"
-    counts = {n: {k: int(v) for k, v in part.label.value_counts().sort_index().items()}
-              for n, part in data.splits.items()}
+    counts = {n: label_counts(part.label, data.task.name == "multilabel") for n, part in data.splits.items()}
     env = dict(torch=torch.__version__, device=str(runtime.device), world_size=runtime.dist.world_size, amp=amp,
                label_names=data.label_names, clips={n: len(p) for n, p in data.splits.items()}, class_counts=counts,
                unusable_files=data.unusable, norm_mean=data.features["norm"]["mean"],
@@ -676,7 +711,7 @@ def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> bool:
     data.sampler.set_epoch(epoch, start=progress.step * cfg["batch_size"])
     run.train_model.train()
     data.input_transform.train()
-    pending = PendingSteps(runtime.sync_every)
+    pending = PendingSteps(runtime.sync_every, data.task)
     last_step, accum = progress.step + len(data.train_loader), cfg["grad_accum_steps"]
     bar = progress_bar(data.train_loader, desc=f"epoch {epoch + 1}/{cfg['num_epochs']}", unit="batch", leave=False,
                        disable=not runtime.dist.is_main, initial=progress.step, total=last_step)
@@ -704,8 +739,8 @@ def train_one_epoch(run: Run, progress: ResumeState, stop: StopRequest) -> bool:
                 stopped = True
                 break
             if runtime.dist.is_main and totals.batches:
-                bar.set_postfix(loss=f"{totals.loss_sum / totals.batches:.3f}",
-                                acc=f"{100 * totals.correct / max(totals.seen, 1):.1f}%")
+                bar.set_postfix(**{"loss": f"{totals.loss_sum / totals.batches:.3f}",
+                                   data.task.train_words: f"{100 * totals.correct / max(totals.seen, 1):.1f}%"})
     bar.close()
     totals.train_seconds += time.time() - started
     return stopped
@@ -719,14 +754,14 @@ def train_micro_batch(run: Run, x, y, epoch: int, step: int, group_end: int):
     torch.manual_seed(step_seed(cfg["seed"], runtime.dist.rank, epoch, step))
     x, y = prepare_batch(x, y, runtime, run.data.input_transform if cfg["features_on"] == "device" else None)
     if epoch == 0 and step == 0 and runtime.dist.is_main:
-        log_example_inputs(run.tracker, x, y, run.data.label_names)
+        log_example_inputs(run.tracker, x, [run.data.task.describe(t, run.data.label_names) for t in y[:8]])
     x, y_a, y_b, lam = mixup(x, y, cfg["mixup_alpha"])
     group = group_end - (step - step % cfg["grad_accum_steps"])
     last = step + 1 == group_end
     sync = contextlib.nullcontext() if last or not runtime.dist.enabled else run.train_model.no_sync()
     with sync:
         return backward(run.train_model, run.scaler, x, y_a, y_b, lam, runtime, loss_scale=1.0 / group,
-                        label_smoothing=cfg["label_smoothing"])
+                        label_smoothing=cfg["label_smoothing"], task=run.data.task)
 
 
 def sync_steps(run: Run, progress: ResumeState, pending: PendingSteps, stop: StopRequest) -> bool:
@@ -749,19 +784,20 @@ def sync_steps(run: Run, progress: ResumeState, pending: PendingSteps, stop: Sto
     return bool(flags[0])
 
 
-def log_example_inputs(tracker: Tracker, images, labels, label_names) -> None:
+def log_example_inputs(tracker: Tracker, images, titles: list[str]) -> None:
     """Up to 8 training inputs (after augmentation) to SwanLab: what the network sees. ``images``: [B, C, H, W]
-    images or spectrograms (channel 0 shown), or waveforms [B, 1, 1, samples] (plotted as waves)."""
+    images or spectrograms (channel 0 shown), or waveforms [B, 1, 1, samples] (plotted as waves); ``titles``:
+    their labels as text."""
     import matplotlib.pyplot as plt
     n, wave = min(8, len(images)), images.shape[-2] == 1
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), dpi=100, squeeze=False)
-    for ax, img, y in zip(axes[0], images[:n], labels[:n]):
+    for ax, img, title in zip(axes[0], images[:n], titles[:n]):
         values = img[0].float().cpu().numpy()
         if wave:
             ax.plot(values[0], linewidth=0.3)
         else:
             ax.imshow(values, origin="lower", aspect="auto", cmap="magma")
-        ax.set_title(label_names[int(y)], fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.axis("off")
     what = "x: sample, y: amplitude" if wave else "channel 0; x: time, y: mel band"
     fig.suptitle(f"training inputs (after augmentation; {what})", fontsize=9)
@@ -770,59 +806,60 @@ def log_example_inputs(tracker: Tracker, images, labels, label_names) -> None:
     close(fig)
 
 
-def evaluate(run: Run, split: str, resamples: int = 0) -> dict:
-    """Track-level metrics of ``split`` over all ranks (a collective): loss, top-1 %, macro-F1 %, the full
-    metrics dict, the skipped tracks, and the track ``logits`` float32 [N, K] and ``labels`` long [N] (cpu).
-    Every rank evaluates with rank 0's BatchNorm statistics.
-    ``resamples`` > 0 adds bootstrap intervals (classification_metrics); the per-epoch validation skips them."""
-    dist, runtime = run.runtime.dist, run.runtime
+def evaluate(run: Run, split: str, resamples: int = 0, record: dict | None = None) -> dict:
+    """Track-level metrics of ``split`` over all ranks (a collective): loss, the task's full metrics dict
+    (experiment/tasks.py: top-1 and macro-F1, or mAP, mAUC and d'), its history scalars (``scalars``, %,
+    ``<split>/...``), the skipped tracks, and the track ``logits`` float32 [N, K] and targets ``labels`` (long
+    [N], or multi-hot float32 [N, K]; cpu). Every rank evaluates with rank 0's BatchNorm statistics.
+    ``resamples`` > 0 adds bootstrap intervals; the per-epoch validation skips them. ``record``: the task's
+    decision rule (multilabel: the thresholds its F1 needs)."""
+    dist, runtime, task = run.runtime.dist, run.runtime, run.data.task
     distributed.broadcast_buffers(evaluated(run.ema, run.model), dist)
     out = predict_tracks(run.eval_model, run.data.input_transform, run.data.eval_loaders[split], runtime.device,
                          runtime.amp_dtype, runtime.channels_last)
     parts = distributed.gather((out["logits"], out["labels"], out["indices"], out["skipped"]), dist)
     logits, labels = torch.cat([p[0] for p in parts if len(p[1])]), torch.cat([p[1] for p in parts])
-    m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), run.data.label_names, resamples)
-    return dict(loss=track_loss(logits, labels), acc=100 * m["top1"], macro_f1=100 * m["macro_f1"], metrics=m,
+    m = task.metrics(logits, labels, run.data.label_names, resamples, record)
+    return dict(loss=task.track_loss(logits, labels), metrics=m, scalars=task.scalars(m, split),
                 skipped=[s for p in parts for s in p[3]], logits=logits, labels=labels)
 
 
 def end_of_epoch(run: Run, progress: ResumeState, val: dict, lr: float, started: float) -> None:
-    """The epoch's metrics over all ranks and the best so far; on rank 0: history.csv and SwanLab, the
-    validation confusion matrix every ``confusion_every`` epochs and at the end, last.pt (and best.pt when
-    validation improved), the console line. ``lr``: the epoch's learning rate; ``started``: its start time.
-    Leaves ``progress`` at the start of the next epoch."""
-    cfg, totals, epoch = run.cfg, progress.epoch_totals(), progress.epoch + 1
+    """The epoch's metrics over all ranks and the best so far (on the task's selection metric); on rank 0:
+    history.csv and SwanLab, the validation figure (confusion matrix, or per-class AP) every ``confusion_every``
+    epochs and at the end, last.pt (and best.pt when validation improved), the console line. ``lr``: the
+    epoch's learning rate; ``started``: its start time. Leaves ``progress`` at the start of the next epoch."""
+    cfg, totals, epoch, task = run.cfg, progress.epoch_totals(), progress.epoch + 1, run.data.task
     total = distributed.all_reduce_sum([totals.loss_sum, totals.batches, totals.correct, totals.seen, totals.skipped],
                                        run.runtime.dist)
     totals.seconds += time.time() - started
     metrics = {
         "train/epoch": epoch,
         "train/loss": total[0] / max(total[1], 1),
-        "train/acc": 100 * total[2] / max(total[3], 1),
+        task.train_metric: 100 * total[2] / max(total[3], 1),
         "val/loss": val["loss"],
-        "val/acc": val["acc"],
-        "val/macro_f1": val["macro_f1"],
+        **val["scalars"],
         "train/lr": lr,
         "train/epoch_seconds": totals.seconds,
         "train/clips_per_second": total[3] / max(totals.train_seconds, 1e-9),
         "data/skipped_clips": int(total[4]) + run.skips.clips(val["skipped"]),
     }
-    improved = progress.record_best(epoch, val["acc"], val["loss"])
+    improved = progress.record_best(epoch, val["scalars"][task.selection], val["loss"], task.best_key)
     progress.next_epoch()
     if run.runtime.dist.is_main:
         run.tracker.log_epoch(metrics, step=epoch)
         every = cfg["confusion_every"]
         if (every and epoch % every == 0) or epoch == cfg["num_epochs"]:
-            fig = plot_confusion_matrix(val["metrics"]["confusion"], run.data.label_names, f"val, epoch {epoch}")
-            run.tracker.log_figure("val/confusion_matrix", fig, epoch, f"epoch {epoch}")
+            fig = task.figure(val["metrics"], run.data.label_names, f"val, epoch {epoch}")
+            run.tracker.log_figure(f"val/{task.figure_name}", fig, epoch, f"epoch {epoch}")
             close(fig)
         state = checkpoint_state(run, progress)
         save_checkpoint(state, run.run_dir / "last.pt")
         if improved:
             save_checkpoint(state, run.run_dir / "best.pt")
         print(f"epoch {epoch:3d}/{cfg['num_epochs']} | train loss {metrics['train/loss']:.4f} "
-              f"acc {metrics['train/acc']:5.1f}% | val loss {val['loss']:.4f} acc {val['acc']:5.1f}% "
-              f"F1 {val['macro_f1']:5.1f}% | lr {lr:.1e} | {totals.seconds:.0f} s, "
+              f"{task.train_words} {metrics[task.train_metric]:5.1f}% | val loss {val['loss']:.4f} "
+              f"{task.scalars_text(val['scalars'], 'val')} | lr {lr:.1e} | {totals.seconds:.0f} s, "
               f"{metrics['train/clips_per_second']:.1f} clips/s" + (" *" if improved else ""), flush=True)
 
 
@@ -844,15 +881,32 @@ def checkpoint_state(run: Run, progress: ResumeState) -> dict:
                 swanlab_project=cfg["swanlab_project"], experiment_name=cfg["experiment_name"])
 
 
+def epoch_hook(run: Run, on_epoch: EpochHook | None) -> None:
+    """``on_epoch(epoch, the epoch's history row)`` on rank 0; a StopTraining it raises is raised on every rank
+    (broadcast from rank 0, a collective only when ``on_epoch`` is given)."""
+    if on_epoch is None:
+        return
+    stop = None
+    if run.runtime.dist.is_main:
+        row = run.tracker.history[-1]
+        try:
+            on_epoch(int(row["train/epoch"]), dict(row))
+        except StopTraining as err:
+            stop = err
+    stop = distributed.broadcast(stop, run.runtime.dist)
+    if stop is not None:
+        raise stop
+
+
 def early_stop(run: Run) -> bool:
     """Whether to stop after this epoch (``early_stopping_patience`` > 0): rank 0 decides from the history
     (so a resumed run decides as the uninterrupted one would), every rank agrees; the reason is printed and
     logged to SwanLab as ``summary/early_stopped_epoch``."""
-    cfg, dist = run.cfg, run.runtime.dist
+    cfg, dist, task = run.cfg, run.runtime.dist, run.data.task
     if cfg["early_stopping_patience"] <= 0:
         return False
-    reason = stalled(run.tracker.history, cfg["early_stopping_patience"], cfg["early_stopping_min_delta"]) \
-        if dist.is_main else None
+    reason = stalled(run.tracker.history, cfg["early_stopping_patience"], cfg["early_stopping_min_delta"],
+                     task.selection, task.selection_words) if dist.is_main else None
     if reason and dist.is_main:
         epoch = int(run.tracker.history[-1]["train/epoch"])
         print(f"early stopping after epoch {epoch}: {reason}", flush=True)
@@ -860,78 +914,75 @@ def early_stop(run: Run) -> bool:
     return distributed.all_reduce_sum([float(reason is not None)], dist)[0] > 0
 
 
-def stalled(history: list[dict], patience: int, min_delta: float) -> str | None:
+def stalled(history: list[dict], patience: int, min_delta: float, key: str = "val/acc",
+            words: str = "val top-1") -> str | None:
     """Why training should stop, or None: the last ``patience`` epochs of ``history`` (rows with
-    ``train/epoch`` and ``val/acc`` in %) did not raise val top-1 by more than ``min_delta`` points above the
-    best before them (a best is only replaced by an improvement of more than ``min_delta``, as Keras does)."""
+    ``train/epoch`` and ``key``, the task's selection metric in %, named ``words`` in the message) did not raise
+    it by more than ``min_delta`` points above the best before them (a best is only replaced by an improvement
+    of more than ``min_delta``, as Keras does)."""
     best, best_epoch = -math.inf, 0
     for row in history:
-        if row["val/acc"] > best + min_delta:
-            best, best_epoch = row["val/acc"], int(row["train/epoch"])
+        if row[key] > best + min_delta:
+            best, best_epoch = row[key], int(row["train/epoch"])
     last = int(history[-1]["train/epoch"]) if history else 0
     if last - best_epoch < patience:
         return None
-    return (f"val top-1 has not improved by more than {min_delta:g} points for {last - best_epoch} epoch(s) "
+    return (f"{words} has not improved by more than {min_delta:g} points for {last - best_epoch} epoch(s) "
             f"(last improvement: {best:.1f}% at epoch {best_epoch}; early_stopping_patience={patience})")
 
 
 def final_report(run: Run, best: dict) -> dict:
-    """best.pt evaluated on the test split (val when there is none), with 95% bootstrap intervals, and its
-    temperature fitted on the val split (evaluation.calibration, stored in best.pt as ``calibration``): on
-    rank 0 the report files (metrics.json also records the protocol, the splits with their groups, the fold,
-    ECE before/after and the coverage table), the final confusion matrix, reliability diagram and summary
-    scalars to SwanLab, the console report, the model card (README.md). Returns the summary scalars."""
-    cfg, dist, run_dir, names = run.cfg, run.runtime.dist, run.run_dir, run.data.label_names
+    """best.pt evaluated on the test split (val when there is none), with 95% bootstrap intervals, and the
+    task's decision rule fitted on the val split (experiment/tasks.py; single_label: the temperature,
+    evaluation.calibration, stored in best.pt as ``calibration``; multilabel: per-class F1-optimal thresholds,
+    stored as ``thresholds``, at which the test F1 is measured): on rank 0 the report files (metrics.json also
+    records the protocol, the task, the splits with their groups, the fold and whether the folds were
+    predefined, and the decision rule: ECE before/after and the coverage table, or the thresholds), the final
+    figure (confusion matrix, or per-class AP), the reliability diagram, the summary scalars to SwanLab, the
+    console report, the model card (README.md). Returns the summary scalars."""
+    cfg, dist, run_dir, names, task = run.cfg, run.runtime.dist, run.run_dir, run.data.label_names, run.data.task
     if (run_dir / "best.pt").exists() or not dist.is_main:
         distributed.barrier(dist)
         best_weights = load_checkpoint(run_dir / "best.pt", map_location=run.runtime.device)["model"]
         evaluated(run.ema, run.model).load_state_dict(best_weights)
-    final_split = "test" if "test" in run.data.eval_loaders else "val"
-    final = evaluate(run, final_split, BOOTSTRAP_RESAMPLES)
+    final_split = "test" if "test" in run.data.eval_loaders and cfg["final_test"] else "val"
+    final = evaluate(run, final_split)
     val = final if final_split == "val" else evaluate(run, "val")
-    calibration = calibration_report(fit_calibration(val["logits"], val["labels"]), final["logits"], final["labels"],
-                                     final_split)
+    record = task.fit_decision(val["logits"], val["labels"], names)
+    metrics = task.metrics(final["logits"], final["labels"], names, BOOTSTRAP_RESAMPLES, record)
+    decision = task.decision_report(record, final["logits"], final["labels"], names, final_split)
     minutes = (sum(r["train/epoch_seconds"] for r in run.tracker.history) / 60) if dist.is_main else 0.0
     protocol = ("held-out test split, checkpoint chosen on val" if final_split == "test" else
-                "val split, also used to choose the checkpoint: optimistic, the tutorial's protocol")
-    summary = {"summary/best_val_acc": best["val_acc"], "summary/best_epoch": best["epoch"],
-               f"summary/{final_split}_acc": final["acc"], f"summary/{final_split}_macro_f1": final["macro_f1"],
-               "summary/total_minutes": minutes, **interval_scalars(final_split, final["metrics"]),
-               **calibration.summary()}
+                "val split, also used to choose the checkpoint: optimistic"
+                + (", the tutorial's protocol" if cfg["final_test"] else " (final_test=False: test left unseen)"))
+    summary = {f"summary/best_{task.best_key}": best[task.best_key], "summary/best_epoch": best["epoch"],
+               **task.summary(metrics, final_split), "summary/total_minutes": minutes, **decision.summary()}
     folds = {"fold": cfg["fold"], "folds": cfg["folds"]} if cfg["folds"] else {}
+    if run.data.fold_values:
+        folds["predefined_folds"] = run.data.fold_values
     if dist.is_main:
-        png, fig = save_report(run_dir, final_split, final["metrics"], names,
-                               f"{cfg['experiment_name']}\n{final_split} (best.pt, epoch {best['epoch']}): "
-                               f"top-1 {final['acc']:.1f}%, macro-F1 {final['macro_f1']:.1f}%",
-                               extra=dict(protocol=protocol, checkpoint="best.pt", epoch=best["epoch"],
-                                          splits=run.data.split_record, group_source=run.data.group_source, **folds,
-                                          **calibration.metrics))
-        run.tracker.log_figure(f"{final_split}/confusion_matrix_final", fig, cfg["num_epochs"], protocol)
+        png, fig = task.save_report(run_dir, final_split, metrics, names,
+                                    f"{cfg['experiment_name']}\n{final_split} (best.pt, epoch {best['epoch']}): "
+                                    f"{task.headline(metrics)}",
+                                    extra=dict(protocol=protocol, checkpoint="best.pt", epoch=best["epoch"],
+                                               task=task.name, splits=run.data.split_record,
+                                               group_source=run.data.group_source, **folds, **decision.metrics))
+        run.tracker.log_figure(f"{final_split}/{task.figure_name}_final", fig, cfg["num_epochs"], protocol)
         close(fig)
         if (run_dir / "best.pt").exists():
-            store_calibration(run_dir / "best.pt", calibration.record)
-        reliability, fig = calibration.save_figure(run_dir, f"{cfg['experiment_name']}: {final_split}, best.pt")
-        run.tracker.log_figure(f"{final_split}/reliability", fig, cfg["num_epochs"], "temperature fitted on val")
-        close(fig)
+            store_entry(run_dir / "best.pt", task.decision_key, record)
+        reliability, fig = decision.save_figure(run_dir, f"{cfg['experiment_name']}: {final_split}, best.pt")
+        if fig is not None:
+            run.tracker.log_figure(f"{final_split}/reliability", fig, cfg["num_epochs"], "temperature fitted on val")
+            close(fig)
         run.tracker.log(summary, step=cfg["num_epochs"])
-        print(f"\n{final['metrics']['report']}")
-        print(f"best val top-1 {best['val_acc']:.1f}% at epoch {best['epoch']} (selected on val)")
-        print(f"{final_split} top-1 {final['acc']:.1f}%, macro-F1 {final['macro_f1']:.1f}% ({protocol}); "
-              f"{interval_text(final['metrics'])}")
-        print(f"{calibration.text()}\nreliability diagram: {reliability}")
-        print(f"confusion matrix: {png}\nrun folder: {run_dir}  ({minutes:.1f} min)")
+        print(f"\n{metrics['report']}")
+        print(f"best {task.selection_words} {best[task.best_key]:.1f}% at epoch {best['epoch']} (selected on val)")
+        print(f"{final_split} {task.headline(metrics)} ({protocol}); {task.interval_text(metrics)}")
+        print(decision.text() + (f"\nreliability diagram: {reliability}" if reliability else ""))
+        print(f"{task.figure_name.replace('_', ' ')}: {png}\nrun folder: {run_dir}  ({minutes:.1f} min)")
         print(f"model card: {write_model_card(run_dir)}")
     return summary
-
-
-def interval_scalars(split: str, metrics: dict) -> dict:
-    """SwanLab summary scalars of the bootstrap intervals, in %: ``summary/<split>_acc_ci_low`` and ``_high``,
-    ``summary/<split>_macro_f1_ci_low`` and ``_high`` ({} when ``metrics`` has no intervals)."""
-    if not metrics.get("top1_ci"):
-        return {}
-    (a, b), (c, d) = metrics["top1_ci"], metrics["macro_f1_ci"]
-    return {f"summary/{split}_acc_ci_low": 100 * a, f"summary/{split}_acc_ci_high": 100 * b,
-            f"summary/{split}_macro_f1_ci_low": 100 * c, f"summary/{split}_macro_f1_ci_high": 100 * d}
 
 
 def exit_status(err: BaseException) -> int:

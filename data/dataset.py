@@ -24,11 +24,25 @@ class Skipped(NamedTuple):
     reason: str
 
 
+def _target(y):
+    """A track's target as a dataset item holds it: a class id int, or a multi-hot float32 [K] array."""
+    return np.asarray(y, dtype=np.float32) if np.ndim(y) else int(y)
+
+
+def stack_targets(targets) -> torch.Tensor:
+    """Targets of a batch -> long [B] (class ids) or float32 [B, K] (multi-hot rows)."""
+    if targets and isinstance(targets[0], np.ndarray):
+        return torch.from_numpy(np.stack(targets))
+    return torch.tensor(targets)
+
+
 class _Tracks(Dataset):
-    def __init__(self, paths: list[str], labels: list[int], cache: FeatureCache, entries: list[Path] | None = None):
+    """``labels``: per track a class id, or a multi-hot [K] vector (multi-label tagging)."""
+
+    def __init__(self, paths: list[str], labels: list, cache: FeatureCache, entries: list[Path] | None = None):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
-        self.paths, self.labels, self.cache = list(paths), [int(y) for y in labels], cache
+        self.paths, self.labels, self.cache = list(paths), [_target(y) for y in labels], cache
         self.entries = list(entries) if entries is not None else [None] * len(self.paths)
         self.pad_value = cache.pad_value  # the front end's silence, for tracks shorter than a crop or window
 
@@ -55,8 +69,8 @@ class ClipDataset(_Tracks):
     copies (each factor equally likely; the original when that copy failed to decode), else from the original.
 
     Returns ``(x, label)``: x float32 [1, n_mels, clip_frames], or the model input (e.g. [3, H, W]) when
-    ``input_transform`` (e.g. a MelImage, applied per item on the CPU) is given; label int. A clip that cannot be
-    read returns :class:`Skipped`.
+    ``input_transform`` (e.g. a MelImage, applied per item on the CPU) is given; label int (or float32 [K]
+    multi-hot). A clip that cannot be read returns :class:`Skipped`.
     """
 
     def __init__(self, paths, labels, cache, clip_frames: int, seed: int = 0, input_transform=None, entries=None,
@@ -110,8 +124,19 @@ class TrackDataset(_Tracks):
 
 
 def class_balance_weights(labels) -> list[float]:
-    """Sampling weight of each clip for a class-balanced epoch: 1 / (clips of its class), so every class is
-    drawn equally often (the weights of ``WeightedRandomSampler``)."""
+    """Sampling weight of each clip for a class-balanced epoch (the weights of ``WeightedRandomSampler``).
+
+    Class ids [N]: 1 / (clips of its class), so every class is drawn equally often. Multi-hot rows [N, K]: the
+    PSLA weight (Gong, Chung & Glass 2021, "PSLA: Improving Audio Tagging with Pretraining, Sampling, Labeling,
+    and Aggregation", section III-B; AST's AudioSet recipe): the sum over the clip's labels of 1 / (clips
+    carrying that label), so clips of rare labels are drawn about as often as clips of common ones; a clip
+    without labels gets the smallest weight of a labelled one (it is still drawn, rarely)."""
+    labels = list(labels)
+    if len(labels) and np.ndim(labels[0]):
+        hot = np.stack([np.asarray(y, dtype=np.float64) for y in labels]) > 0
+        weights = (hot / np.maximum(hot.sum(0), 1)).sum(1)
+        floor = weights[weights > 0].min() if (weights > 0).any() else 1.0
+        return np.where(weights > 0, weights, floor).tolist()
     labels = np.asarray(labels)
     counts = {y: int((labels == y).sum()) for y in np.unique(labels)}
     return [1.0 / counts[y] for y in labels]
@@ -158,17 +183,18 @@ class EpochSampler(Sampler):
 
 
 def collate_clips(batch):
-    """-> (x [B, ...], labels long [B], skipped list). B may be 0 when every clip was skipped."""
+    """-> (x [B, ...], labels long [B] or multi-hot float32 [B, K], skipped list). B may be 0 when every clip
+    was skipped."""
     skipped = [b for b in batch if isinstance(b, Skipped)]
     good = [b for b in batch if not isinstance(b, Skipped)]
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), skipped
+    return torch.stack([x for x, _ in good]), stack_targets([y for _, y in good]), skipped
 
 
 def collate_tracks(batch):
-    """-> (windows [N, 1, n_mels, W], labels long [B], track_index long [N] in 0..B-1,
-    dataset indices long [B], skipped list)."""
+    """-> (windows [N, 1, n_mels, W], labels long [B] or multi-hot float32 [B, K], track_index long [N] in
+    0..B-1, dataset indices long [B], skipped list)."""
     skipped = [b for b in batch if isinstance(b, Skipped)]
     good = [b for b in batch if not isinstance(b, Skipped)]
     if not good:
@@ -176,6 +202,6 @@ def collate_tracks(batch):
         return torch.empty(0), empty, empty, empty, skipped
     windows = torch.cat([w for w, _, _ in good])
     track_index = torch.cat([torch.full((len(w),), i, dtype=torch.long) for i, (w, _, _) in enumerate(good)])
-    labels = torch.tensor([y for _, y, _ in good])
+    labels = stack_targets([y for _, y, _ in good])
     indices = torch.tensor([i for _, _, i in good])
     return windows, labels, track_index, indices, skipped

@@ -48,7 +48,7 @@ from experiment.progress import progress
 
 from data.audio import AUDIO_EXTENSIONS
 from data.index import ENCODING, DataError, Index, probe, read_index, warn_skipped
-from data.splits import SPLIT_COLUMN
+from data.splits import SPLIT
 
 INDEX_NAME = "audio_dataset.csv"
 # our part <- the dataset's split names it is read from by default, in order of preference
@@ -302,7 +302,7 @@ def extract(dataset, parts: dict, audio: str, label: str, root: Path, show_progr
         raise DataError(f"no usable audio in the dataset's splits {list(parts.values())} (see the warning above)")
     csv_path = root / INDEX_NAME
     tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
-    pd.DataFrame(rows, columns=["path", "label", SPLIT_COLUMN]).to_csv(tmp, index=False, **ENCODING)
+    pd.DataFrame(rows, columns=["path", "label", SPLIT]).to_csv(tmp, index=False, **ENCODING)
     os.replace(tmp, csv_path)
     return csv_path
 

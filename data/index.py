@@ -1,4 +1,5 @@
-"""The dataset index: ``audio_dataset.csv`` with columns ``path,label`` and, optionally, ``group`` and ``split``.
+"""The dataset index: ``audio_dataset.csv`` with columns ``path,label`` and, optionally, ``group``, ``fold`` and
+``split``.
 
 Layouts found under a data root (the first that exists wins):
     <root>/genres_original/<label>/*.wav   (Kaggle GTZAN)
@@ -8,8 +9,10 @@ Layouts found under a data root (the first that exists wins):
 Paths are stored relative to the CSV's folder when possible, so a project folder can move.
 A ``group`` column (speaker, artist, session; written by the user, never by the scan) is kept when the CSV is
 read and makes the splits group-aware (``data.splits``); rebuilding the index rescans the folders and drops it.
-A ``split`` column (train/val/test per row, written for a Hugging Face dataset by ``data.hf_dataset``) is what
-``split=predefined`` keeps.
+A ``fold`` column (predefined cross-validation folds) and a ``split`` column (a predefined train/val/test
+split) are kept the same way; the benchmark readers (``data.benchmarks``) write them. A ``label`` cell may hold
+several labels separated by ``;`` (multi-label tagging, ``data.labels``).
+A ``split`` column is also what ``data.hf_dataset`` writes for a Hugging Face dataset's own splits.
 File names that are not valid UTF-8 survive the round trip (written with ``surrogateescape``).
 """
 from __future__ import annotations
@@ -31,9 +34,14 @@ No dataset found. Either
     (https://www.kaggle.com/datasets/andradaolteanu/gtzan-dataset-music-genre-classification) and unzip it
     here so that ./GTZAN/genres_original/<genre>/*.wav exists (the marsyas ./GTZAN/genres/ layout works too);
   * or point at any folder of labelled audio: python train.py --data_root=/path/to/<label>/<audio files>;
+  * or at an unpacked benchmark download: python train.py --preset=esc50 --data_root=ESC-50-master (also
+    --preset=urbansound8k, --preset=fsd50k; see the README's Benchmarks section);
   * or try the whole pipeline offline on built-in synthetic audio: python train.py --preset=demo"""
 
 ENCODING = dict(encoding="utf-8", errors="surrogateescape")
+
+
+EXTRA_COLUMNS = ("group", "fold", "split")  # optional index columns kept when a CSV is read
 
 
 class DataError(Exception):
@@ -42,9 +50,9 @@ class DataError(Exception):
 
 @dataclass
 class Index:
-    """A loaded index. ``df`` has columns ``path`` (absolute), ``label`` and, when the CSV has them, ``group`` and
-    ``split`` (a predefined part: train, val or test); ``skipped`` lists (path, reason). ``label_names``: the
-    class names in the data's own order (a Hugging Face ``ClassLabel``); None: sorted labels."""
+    """A loaded index. ``df`` has columns ``path`` (absolute), ``label`` and those of :data:`EXTRA_COLUMNS`
+    the CSV has; ``skipped`` lists (path, reason). ``label_names``: the class names in the data's own order (a
+    Hugging Face ``ClassLabel``); None: sorted labels."""
     df: pd.DataFrame
     csv_path: Path
     skipped: list = field(default_factory=list)
@@ -120,21 +128,29 @@ def build_index(data_root: Path, csv_path: Path, show_progress: bool = True) -> 
     if not items:
         raise DataError(f"{data_root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in <label>/ sub-folders.\n"
                         f"Expected layout: {data_root}/<label>/<file>.wav\n{GTZAN_HELP}")
-    rows, skipped = [], []
-    for path, label in progress(items, desc=f"Indexing {data_root.name}", unit="file", disable=not show_progress,
-                                leave=False):
-        reason = probe(path)
+    df = pd.DataFrame([(str(p), label) for p, label in items], columns=["path", "label"], dtype=object)
+    return write_index(df, csv_path, data_root, show_progress)
+
+
+def write_index(df: pd.DataFrame, csv_path: Path, data_root: Path, show_progress: bool = True) -> Index:
+    """Probe every file of ``df`` (``path`` absolute, ``label``, maybe :data:`EXTRA_COLUMNS`) once, drop the
+    unusable ones with one warning, write the rest to ``csv_path`` atomically (paths relative to its folder) and
+    return the index. Raises DataError when no file is usable."""
+    keep, skipped = [], []
+    for i, path in enumerate(progress(df.path, desc=f"Indexing {data_root.name}", unit="file",
+                                      disable=not show_progress, leave=False)):
+        reason = probe(Path(path))
         if reason:
             skipped.append((str(path), reason))
         else:
-            rows.append((str(path), label))
+            keep.append(i)
     if skipped:
         warn_skipped(skipped, "while indexing")
-    if not rows:
-        raise DataError(f"{data_root}: none of the {len(items)} audio files could be decoded.")
+    if not keep:
+        raise DataError(f"{data_root}: none of the {len(df)} audio files could be decoded.")
     csv_path = Path(csv_path).resolve()
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows, columns=["path", "label"], dtype=object)  # object: paths may hold surrogate escapes
+    df = df.iloc[keep].reset_index(drop=True).astype(object)  # object: paths may hold surrogate escapes
     out = df.assign(path=pd.Series([_relative(Path(p), csv_path.parent) for p in df.path], dtype=object))
     tmp = csv_path.with_name(f".{csv_path.name}.tmp{os.getpid()}")
     out.to_csv(tmp, index=False, **ENCODING)
@@ -151,8 +167,8 @@ def warn_skipped(skipped: list, when: str) -> None:
 def read_index(csv_path: Path) -> Index:
     """Read an index CSV; paths are resolved against the CSV's folder.
 
-    Rows whose file no longer exists are dropped with one warning. ``group`` and ``split`` columns are kept
-    (other extra columns are not).
+    Rows whose file no longer exists are dropped with one warning. The :data:`EXTRA_COLUMNS` (``group``,
+    ``fold``, ``split``) are kept; other columns are not.
     Raises:
         DataError: the CSV is unreadable, lacks ``path``/``label`` columns, or lists no existing file.
     """
@@ -166,14 +182,13 @@ def read_index(csv_path: Path) -> Index:
     if missing:
         raise DataError(f"{csv_path}: needs the columns 'path' and 'label' but has {list(df.columns)} "
                         f"(missing {sorted(missing)}). Fix the header, or pass --rebuild_index=True to regenerate it.")
-    extra = [c for c in ("group", "split") if c in df.columns]
-    df = df[["path", "label", *extra]]
+    df = df[[c for c in ("path", "label", *EXTRA_COLUMNS) if c in df.columns]]
     blank = (df.path.str.strip() == "") | (df.label.str.strip() == "")
     if blank.any():
         warnings.warn(f"{csv_path}: {int(blank.sum())} row(s) with an empty path or label ignored", stacklevel=2)
         df = df[~blank]
     paths = [p if os.path.isabs(p) else os.path.normpath(csv_path.parent / p) for p in df.path]
-    columns = {"path": paths, "label": df.label.values} | {c: df[c].values for c in extra}
+    columns = {"path": paths, "label": df.label.values} | {c: df[c].values for c in EXTRA_COLUMNS if c in df}
     df = pd.DataFrame(columns, dtype=object)  # pandas 3's Arrow strings reject the surrogate escapes of
     exists = df.path.map(os.path.exists)      # non-UTF-8 file names; object columns keep them
     skipped = [(p, "listed in the CSV but the file does not exist") for p in df.path[~exists]]
@@ -186,8 +201,9 @@ def read_index(csv_path: Path) -> Index:
 
 
 def load_or_build_index(data_root: Path, csv_path: Path, rebuild: bool = False, show_progress: bool = True) -> Index:
-    """Reuse ``csv_path`` when it indexes ``data_root`` (every row lies under it and every label
-    is a folder there), else (or with ``rebuild``) rescan. Returns the :class:`Index`."""
+    """Reuse ``csv_path`` when it indexes ``data_root``: every row lies under it, and either every label is a
+    folder there (a scan of the tree) or none is (a CSV written by hand or a script, whose labels, ``;``-joined
+    sets included, are not folders); else (or with ``rebuild``) rescan. Returns the :class:`Index`."""
     csv_path = Path(csv_path).resolve()
     if csv_path.exists() and not rebuild:
         try:
@@ -197,7 +213,9 @@ def load_or_build_index(data_root: Path, csv_path: Path, rebuild: bool = False, 
         else:
             root = str(data_root) + os.sep
             labels = {p.name for p in data_root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-            if all(p.startswith(root) for p in index.df.path) and set(index.df.label) <= labels:
+            names = {n.strip() for cell in index.df.label for n in cell.split(";")}
+            if all(p.startswith(root) for p in index.df.path) and (set(index.df.label) <= labels
+                                                                     or not names & labels):
                 print(f"Using index {csv_path} ({len(index.df)} clips; --rebuild_index=True rescans {data_root})")
                 return index
             print(f"Rebuilding the index: {csv_path} does not index {data_root}")

@@ -14,10 +14,21 @@ Splits (the ``split`` config key; :data:`SPLITS` is the registry, one entry per 
   ``val`` rows, val is drawn from train (:func:`split_predefined`); without ``test`` rows there is no test part.
 * ``all``: every track as one part named ``all`` (``evaluate.py --split=all`` on any labelled folder or CSV);
   it has no training part, so training refuses it.
+* ``predefined``: the index's ``split`` column (values train, val, test) says where each track goes, as
+  benchmarks publish it (FSD50K: dev's train/val, eval as test; ``data.benchmarks``). Groups are only recorded.
 * k-fold cross-validation: ``folds`` = K >= 2 replaces ``split`` (:func:`make_folds`, fold ``fold`` = i in
   0..K-1). Test = fold i of ``StratifiedGroupKFold(K, shuffle=True, random_state=split_seed)``, so the K test
   parts partition the data; val = one fold of a ``StratifiedGroupKFold`` of the rest with about ``val_size`` of
   all tracks (same seed); train = the rest. Without groups each track is its own group.
+  Predefined folds: with a ``fold`` column in the index (ESC-50's 5 folds, UrbanSound8K's 10), test is exactly
+  the tracks of the i-th fold value (sorted), never reshuffled, and ``folds`` must equal the number of fold
+  values; val is drawn from the other folds' tracks as above (group-aware), train is the rest of them.
+
+Multi-label data (``multilabel``, ``data.labels``) is stratified by group-aware iterative stratification
+(``data.stratify``, Sechidis et al. 2011) wherever single-label data uses ``StratifiedGroupKFold``: k-fold, and
+``stratified``, which then always splits in folds as it does with groups (test one of ``round(1 / test_size)``
+folds, val one of ``round((1 - test_size) / val_size)`` folds of the rest). ``tutorial``'s per-label split has no
+meaning for several labels per track and refuses multi-label data.
 
 Groups (speaker, artist, session: recordings that must all stay on one side) come from a ``group`` column in
 the index CSV or else from ``group_pattern``, a regular expression searched (``re.search``) in each track's path
@@ -54,15 +65,13 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from data.index import DataError
+from data.labels import label_counts, label_names, multi_hot
+from data.stratify import iterative_folds
 
 GROUP = "group"  # the column of a track's group, in the index CSV and in every split DataFrame that has groups
-SPLIT_COLUMN = "split"  # the column of a track's predefined part (train / val / test), for split=predefined
+FOLD = "fold"  # the index column of predefined cross-validation folds (ESC-50, UrbanSound8K)
+SPLIT = "split"  # the index column of a predefined train/val/test split (FSD50K), for split=predefined
 PREDEFINED_PARTS = ("train", "val", "test")
-
-
-def label_names(labels) -> list[str]:
-    """Sorted class names; the id of a class is its position. One mapping for every split, saved in checkpoints."""
-    return sorted(set(labels))
 
 
 def groups_from_pattern(paths, pattern: str) -> list[str]:
@@ -127,8 +136,8 @@ def assign_groups(df: pd.DataFrame, pattern: str = "") -> tuple[pd.DataFrame, st
     return df, ""
 
 
-def _check_classes(df: pd.DataFrame, minimum: int, what: str) -> None:
-    counts = df.label.value_counts()
+def _check_classes(df: pd.DataFrame, minimum: int, what: str, multilabel: bool = False) -> None:
+    counts = pd.Series(label_counts(df.label, True)) if multilabel else df.label.value_counts()
     if len(counts) < 2:
         raise DataError(f"only one class ({', '.join(counts.index)}) in the data: a classifier needs at least two "
                         "label folders. Add another <label>/ folder with audio files.")
@@ -152,18 +161,19 @@ def split_tutorial(df: pd.DataFrame, val_size: float = 0.2, split_seed: int = 42
 
 
 def split_stratified(df: pd.DataFrame, val_size: float = 0.1, test_size: float = 0.1,
-                     split_seed: int = 42) -> dict[str, pd.DataFrame]:
+                     split_seed: int = 42, multilabel: bool = False) -> dict[str, pd.DataFrame]:
     """Stratified train/val/test; ``val_size`` and ``test_size`` are fractions of all tracks. With a ``group``
-    column the parts share no group (:func:`split_stratified_groups`).
+    column the parts share no group (:func:`split_stratified_groups`); multi-label data always goes that way
+    (each track its own group without a column), stratified by iterative stratification.
 
     Raises DataError for sizes outside (0, 1), fewer than 3 tracks in a class, or a held-out part smaller
     than the number of classes."""
     if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
         raise DataError(f"val_size={val_size} and test_size={test_size} must be in (0, 1) with a sum below 1")
-    _check_classes(df, 3, "the stratified split")
+    _check_classes(df, 3, "the stratified split", multilabel)
     df = sort_tracks(df)
-    if GROUP in df.columns:
-        return split_stratified_groups(df.reset_index(drop=True), val_size, test_size, split_seed)
+    if GROUP in df.columns or multilabel:
+        return split_stratified_groups(df.reset_index(drop=True), val_size, test_size, split_seed, multilabel)
     try:
         rest, test = train_test_split(df, test_size=test_size, stratify=df.label, random_state=split_seed)
         train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=rest.label,
@@ -180,11 +190,16 @@ def _n_folds(fraction: float, groups: int) -> int:
     return int(min(max(2, round(1 / fraction)), groups))
 
 
-def _group_fold(df: pd.DataFrame, n_splits: int, fold: int, split_seed: int, what: str):
+def _group_fold(df: pd.DataFrame, n_splits: int, fold: int, split_seed: int, what: str, multilabel: bool = False):
     """``(rest, held_out)``: held_out = fold ``fold`` of ``StratifiedGroupKFold(n_splits, shuffle=True,
     random_state=split_seed)`` over ``df`` (its ``group`` column, else each track its own group), stratified by
-    label. ``df`` must be sorted (label, path) with a fresh index, so the result does not depend on row order."""
+    label; for ``multilabel`` label cells, fold ``fold`` of :func:`data.stratify.iterative_folds` (same seed).
+    ``df`` must be sorted (label, path) with a fresh index, so the result does not depend on row order."""
     groups = df[GROUP] if GROUP in df.columns else df.path
+    if multilabel:
+        folds = iterative_folds(multi_hot(list(df.label), label_names(df.label, True)), groups, n_splits, split_seed)
+        rest, held = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+        return df.iloc[rest].reset_index(drop=True), df.iloc[held].reset_index(drop=True)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=split_seed)
     try:
         rest, held = list(splitter.split(np.zeros(len(df)), df.label, groups))[fold]
@@ -194,22 +209,26 @@ def _group_fold(df: pd.DataFrame, n_splits: int, fold: int, split_seed: int, wha
 
 
 def split_stratified_groups(df: pd.DataFrame, val_size: float, test_size: float,
-                            split_seed: int) -> dict[str, pd.DataFrame]:
-    """Group-aware stratified train/val/test of ``df`` sorted by (label, path), with a ``group`` column.
+                            split_seed: int, multilabel: bool = False) -> dict[str, pd.DataFrame]:
+    """Group-aware stratified train/val/test of ``df`` sorted by (label, path), with a ``group`` column (for
+    ``multilabel``, without one each track is its own group).
 
     Test is fold 0 of ``StratifiedGroupKFold(round(1 / test_size))`` (at most one fold per group), val fold 0 of
     ``StratifiedGroupKFold(round((1 - test_size) / val_size))`` over the rest (same ``split_seed``), train the
-    rest: no group is in two parts and sizes are in whole groups. Raises DataError for fewer than 3 groups.
+    rest: no group is in two parts and sizes are in whole groups. ``multilabel``: iterative stratification
+    instead of ``StratifiedGroupKFold`` (:func:`_group_fold`). Raises DataError for fewer than 3 groups.
     """
-    n = df[GROUP].nunique()
+    groups = df[GROUP] if GROUP in df.columns else df.path
+    n = groups.nunique()
     if n < 3:
         raise DataError(f"split=stratified with groups needs at least 3 groups (one each for train, val and test) "
-                        f"but the data has {n}: {', '.join(sorted(df[GROUP].unique()))}. Use data with more "
+                        f"but the data has {n}: {', '.join(sorted(groups.unique()))}. Use data with more "
                         "groups, or no groups.")
     what = f"split=stratified with {n} groups"
-    rest, test = _group_fold(df, _n_folds(test_size, n), 0, split_seed, what)
-    rest_groups = rest[GROUP].nunique()
-    train, val = _group_fold(rest, _n_folds(val_size / (1 - test_size), rest_groups), 0, split_seed, what)
+    rest, test = _group_fold(df, _n_folds(test_size, n), 0, split_seed, what, multilabel)
+    rest_groups = (rest[GROUP] if GROUP in rest.columns else rest.path).nunique()
+    train, val = _group_fold(rest, _n_folds(val_size / (1 - test_size), rest_groups), 0, split_seed, what,
+                             multilabel)
     return {"train": train, "val": val, "test": test}
 
 
@@ -249,31 +268,33 @@ def split_fault_filtered(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-def split_predefined(df: pd.DataFrame, val_size: float = 0.2, split_seed: int = 42) -> dict[str, pd.DataFrame]:
-    """The parts named by the ``split`` column of ``df`` (:data:`PREDEFINED_PARTS`), without that column.
+def split_predefined(df: pd.DataFrame, val_size: float = 0.2, split_seed: int = 42, multilabel: bool = False
+                     ) -> dict[str, pd.DataFrame]:
+    """The parts named by the ``split`` column of ``df`` (:data:`PREDEFINED_PARTS`), without that column: a Hugging
+    Face dataset's own splits, or FSD50K's protocol (choose on val, report on test).
 
     Without ``val`` rows, val is fold 0 of ``round(1 / val_size)`` label-stratified folds of the train part
     (``StratifiedGroupKFold``, ``split_seed``; whole groups when ``df`` has them), printed as such; without
     ``test`` rows there is no test part. Rows of other parts are left out with one warning.
     Raises DataError: no ``split`` column, or no ``train`` row.
     """
-    if SPLIT_COLUMN not in df.columns:
-        raise DataError(f"split=predefined needs a '{SPLIT_COLUMN}' column in the index naming each track's part "
+    if SPLIT not in df.columns:
+        raise DataError(f"split=predefined needs a '{SPLIT}' column in the index naming each track's part "
                         f"({', '.join(PREDEFINED_PARTS)}): --hf_dataset writes one, or add it to your CSV. Or "
                         "choose another --split (tutorial, stratified).")
-    other = sorted(set(df[SPLIT_COLUMN]) - set(PREDEFINED_PARTS))
+    other = sorted(set(df[SPLIT]) - set(PREDEFINED_PARTS))
     if other:
-        warnings.warn(f"split=predefined: {int((~df[SPLIT_COLUMN].isin(PREDEFINED_PARTS)).sum())} track(s) of "
+        warnings.warn(f"split=predefined: {int((~df[SPLIT].isin(PREDEFINED_PARTS)).sum())} track(s) of "
                       f"part(s) {other} left out (parts: {', '.join(PREDEFINED_PARTS)})", stacklevel=3)
-    parts = {name: df[df[SPLIT_COLUMN] == name].drop(columns=SPLIT_COLUMN) for name in PREDEFINED_PARTS}
+    parts = {name: df[df[SPLIT] == name].drop(columns=SPLIT) for name in PREDEFINED_PARTS}
     if parts["train"].empty:
-        raise DataError(f"split=predefined: no track is in the train part (the '{SPLIT_COLUMN}' column holds "
-                        f"{sorted(set(df[SPLIT_COLUMN]))})")
+        raise DataError(f"split=predefined: no track is in the train part (the '{SPLIT}' column holds "
+                        f"{sorted(set(df[SPLIT]))})")
     if parts["val"].empty:
         train = sort_tracks(parts["train"])
         groups = (train[GROUP] if GROUP in train.columns else train.path).nunique()
         parts["train"], parts["val"] = _group_fold(train, _n_folds(val_size, groups), 0, split_seed,
-                                                   "split=predefined (val drawn from train)")
+                                                   "split=predefined (val drawn from train)", multilabel)
         print(f"split=predefined: the data has no val part; val = {len(parts['val'])} of its {len(train)} train "
               f"tracks (val_size={val_size}, split_seed={split_seed})")
     return {name: part for name, part in parts.items() if not part.empty}
@@ -283,61 +304,82 @@ def split_predefined(df: pd.DataFrame, val_size: float = 0.2, split_seed: int = 
 class SplitKind:
     """One entry of :data:`SPLITS`.
 
-    ``parts``: the part names it makes. ``make(df, val_size, test_size, split_seed)`` -> {part: DataFrame}.
-    ``groups``: how it treats a ``group`` column: "split" (no group in two parts), "reject" (DataError),
-    "ignore" (warned about by ``make``), "keep" (only recorded).
+    ``parts``: the part names it makes. ``make(df, val_size, test_size, split_seed, multilabel)`` ->
+    {part: DataFrame}. ``groups``: how it treats a ``group`` column: "split" (no group in two parts), "reject"
+    (DataError), "ignore" (warned about by ``make``), "keep" (only recorded). ``multilabel``: whether it takes
+    multi-label data.
     """
     parts: tuple[str, ...]
-    make: Callable[[pd.DataFrame, float, float, int], dict]
+    make: Callable[[pd.DataFrame, float, float, int, bool], dict]
     groups: str
+    multilabel: bool = True
 
 
 SPLITS = {
-    "tutorial": SplitKind(("train", "val"), lambda df, val, test, seed: split_tutorial(df, val, seed), "reject"),
+    "tutorial": SplitKind(("train", "val"), lambda df, val, test, seed, ml: split_tutorial(df, val, seed), "reject",
+                          multilabel=False),
     "stratified": SplitKind(("train", "val", "test"), split_stratified, "split"),
-    "fault_filtered": SplitKind(("train", "val", "test"), lambda df, val, test, seed: split_fault_filtered(df),
+    "fault_filtered": SplitKind(("train", "val", "test"), lambda df, val, test, seed, ml: split_fault_filtered(df),
                                 "ignore"),
-    "predefined": SplitKind(PREDEFINED_PARTS, lambda df, val, test, seed: split_predefined(df, val, seed), "keep"),
-    "all": SplitKind(("all",), lambda df, val, test, seed: {"all": df}, "keep"),
+    "predefined": SplitKind(PREDEFINED_PARTS, lambda df, val, test, seed, ml: split_predefined(df, val, seed, ml),
+                            "keep"),
+    "all": SplitKind(("all",), lambda df, val, test, seed, ml: {"all": df}, "keep"),
 }
 # The parts each split makes: evaluate.py checks a requested part before loading any audio.
 PARTS = {name: kind.parts for name, kind in SPLITS.items()}
 
 
 def make_splits(df: pd.DataFrame, split: str, val_size: float = 0.2, test_size: float = 0.1,
-                split_seed: int = 42) -> dict[str, pd.DataFrame]:
+                split_seed: int = 42, multilabel: bool = False) -> dict[str, pd.DataFrame]:
     """Dispatch on ``split`` (a :data:`SPLITS` name); a ``group`` column in ``df`` makes the split group-aware
-    as the module docstring says. Every returned part is non-empty, disjoint and sorted by (label, path).
+    as the module docstring says; ``multilabel``: the label cells are ``;``-separated sets (``data.labels``).
+    Every returned part is non-empty, disjoint and sorted by (label, path).
 
     Raises:
-        DataError: unknown split name, too few clips per class, an empty part, a class absent from train, or
-        groups with split=tutorial.
+        DataError: unknown split name, too few clips per class, an empty part, a class absent from train,
+        groups with split=tutorial, multi-label data with split=tutorial.
     Warns when a class is absent from val or test.
     """
     kind = SPLITS.get(split)
     if kind is None:
         raise DataError(f"split={split!r} is unknown; choose one of {', '.join(SPLITS)}")
+    if multilabel and not kind.multilabel:
+        raise DataError(f"split={split} splits each label on its own and cannot split multi-label tracks (label "
+                        "cells with ';'): use --split=stratified (iterative stratification), --split=predefined "
+                        "or --folds=K.")
     if kind.groups == "reject" and GROUP in df.columns:
         raise DataError(f"split={split} is a per-label random split and cannot keep the data's groups (its "
                         f"'{GROUP}' column or group_pattern) apart: use --split=stratified, which is group-aware, "
                         "or k-fold cross-validation (--folds=K).")
-    return _checked(kind.make(df, val_size, test_size, split_seed), df, f"split={split}")
+    return _checked(kind.make(df, val_size, test_size, split_seed, multilabel), df, f"split={split}", multilabel)
+
+
+def fold_values(df: pd.DataFrame) -> list[str]:
+    """The predefined folds of an index with a ``fold`` column: its distinct values, sorted numerically when
+    they are all integers (ESC-50's 1..5, UrbanSound8K's 1..10), else as text; [] without the column."""
+    if FOLD not in df.columns:
+        return []
+    values = sorted({str(v).strip() for v in df[FOLD]})
+    return sorted(values, key=int) if all(v.lstrip("-").isdigit() for v in values) else values
 
 
 def make_folds(df: pd.DataFrame, folds: int, fold: int, val_size: float = 0.2,
-               split_seed: int = 42) -> dict[str, pd.DataFrame]:
+               split_seed: int = 42, multilabel: bool = False) -> dict[str, pd.DataFrame]:
     """Train/val/test of fold ``fold`` (0..folds-1) of ``folds``-fold cross-validation, group- and
-    label-stratified (scikit-learn's ``StratifiedGroupKFold``).
+    label-stratified (scikit-learn's ``StratifiedGroupKFold``; iterative stratification for ``multilabel``).
 
     Test = fold ``fold`` of ``StratifiedGroupKFold(folds, shuffle=True, random_state=split_seed)`` over the
     ``group`` column (each track its own group without one), so the test parts of the ``folds`` folds partition
-    the data. Val = fold 0 of ``StratifiedGroupKFold(round((1 - 1/folds) / val_size))`` over the rest (about
-    ``val_size`` of all tracks, same seed); train = the rest. No group is in two parts. Parts are sorted by
-    (label, path); the result does not depend on the row order of ``df``.
+    the data. With a ``fold`` column (predefined folds, :func:`fold_values`) test is instead exactly the tracks
+    of the ``fold``-th fold value, never reshuffled. Val = fold 0 of
+    ``StratifiedGroupKFold(round((1 - 1/folds) / val_size))`` over the rest (about ``val_size`` of all tracks,
+    same seed): always inside the training folds; train = the rest. No group is in two of train, val and the
+    rest. Parts are sorted by (label, path); the result does not depend on the row order of ``df``.
 
     Raises:
         DataError: ``folds`` < 2, ``fold`` outside 0..folds-1, ``val_size`` outside (0, 1), fewer than 3 tracks
-        in a class, fewer groups than ``folds`` (or than 2 left for train and val), a class absent from train.
+        in a class, fewer groups than ``folds`` (or than 2 left for train and val), a class absent from train,
+        a ``fold`` column with another number of values than ``folds``.
     Warns when a class is absent from a fold's val or test.
     """
     what = f"fold {fold} of {folds}-fold cross-validation"
@@ -345,31 +387,43 @@ def make_folds(df: pd.DataFrame, folds: int, fold: int, val_size: float = 0.2,
         raise DataError(f"{what}: folds must be at least 2 and fold in 0..folds-1 (fold {fold}, folds {folds})")
     if not 0 < val_size < 1:
         raise DataError(f"{what}: val_size={val_size} must be in (0, 1)")
-    _check_classes(df, 3, f"{folds}-fold cross-validation")
+    _check_classes(df, 3, f"{folds}-fold cross-validation", multilabel)
     df = sort_tracks(df)
-    groups = (df[GROUP] if GROUP in df.columns else df.path).nunique()
-    if groups < folds:
-        raise DataError(f"{folds}-fold cross-validation needs at least {folds} groups, but the data has {groups}. "
-                        "Use fewer folds.")
-    rest, test = _group_fold(df, folds, fold, split_seed, what)
+    predefined = fold_values(df)
+    if predefined:
+        if len(predefined) != folds:
+            raise DataError(f"the index's '{FOLD}' column defines {len(predefined)} folds ({', '.join(predefined)}), "
+                            f"but --folds={folds}: use --folds={len(predefined)}, or drop the column to draw folds")
+        held = df[FOLD].astype(str).str.strip() == predefined[fold]
+        rest, test = df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
+        what += f" (predefined: test is the '{FOLD}' value {predefined[fold]})"
+    else:
+        groups = (df[GROUP] if GROUP in df.columns else df.path).nunique()
+        if groups < folds:
+            raise DataError(f"{folds}-fold cross-validation needs at least {folds} groups, but the data has {groups}. "
+                            "Use fewer folds.")
+        rest, test = _group_fold(df, folds, fold, split_seed, what, multilabel)
     rest_groups = (rest[GROUP] if GROUP in rest.columns else rest.path).nunique()
     if rest_groups < 2:
         raise DataError(f"{what}: the other folds hold {rest_groups} group, but train and val need one each. "
                         "Use data with more groups.")
-    train, val = _group_fold(rest, _n_folds(val_size / (1 - 1 / folds), rest_groups), 0, split_seed, what)
-    return _checked({"train": train, "val": val, "test": test}, df, what)
+    train, val = _group_fold(rest, _n_folds(val_size / (1 - 1 / folds), rest_groups), 0, split_seed, what,
+                             multilabel)
+    return _checked({"train": train, "val": val, "test": test}, df, what, multilabel)
 
 
-def _checked(parts: dict[str, pd.DataFrame], df: pd.DataFrame, what: str) -> dict[str, pd.DataFrame]:
+def _checked(parts: dict[str, pd.DataFrame], df: pd.DataFrame, what: str,
+             multilabel: bool = False) -> dict[str, pd.DataFrame]:
     """Refuse empty parts and a training part without some class; warn about classes absent from val/test."""
     for name, part in parts.items():
         if part.empty:
             raise DataError(f"the {name} split is empty ({what}); use more data or other split sizes")
-    classes = set(df.label)
-    if "train" in parts and classes - set(parts["train"].label):
-        raise DataError(f"class(es) {sorted(classes - set(parts['train'].label))} have no training clip in {what}")
+    classes = set(label_names(df.label, multilabel))
+    if "train" in parts and classes - set(label_names(parts["train"].label, multilabel)):
+        missing = sorted(classes - set(label_names(parts["train"].label, multilabel)))
+        raise DataError(f"class(es) {missing} have no training clip in {what}")
     for name, part in parts.items():
-        missing = sorted(classes - set(part.label))
+        missing = sorted(classes - set(label_names(part.label, multilabel)))
         if name != "train" and missing:
             warnings.warn(f"the {name} part ({what}) has no track of class(es) {missing}: their per-class rows are "
                           "empty and macro-F1 counts them as 0. Whole groups move between parts: try another "
@@ -377,8 +431,9 @@ def _checked(parts: dict[str, pd.DataFrame], df: pd.DataFrame, what: str) -> dic
     return {k: sort_tracks(v) for k, v in parts.items()}
 
 
-def split_tracks(df: pd.DataFrame, cfg: dict) -> dict[str, pd.DataFrame]:
-    """The parts a config asks for: :func:`make_folds` when ``cfg["folds"]`` >= 2, else :func:`make_splits`.
+def split_tracks(df: pd.DataFrame, cfg: dict, multilabel: bool = False) -> dict[str, pd.DataFrame]:
+    """The parts a config asks for: :func:`make_folds` when ``cfg["folds"]`` >= 2, else :func:`make_splits`;
+    ``multilabel``: the label cells are sets (the run's task, ``data.labels.resolve_task``).
 
     Reads ``folds`` (0: off), ``fold`` (0), ``split`` ("tutorial"), ``val_size`` (0.2), ``test_size`` (0.1) and
     ``split_seed`` (42) with those defaults, so configs of older checkpoints work. Raises DataError as those do,
@@ -388,9 +443,10 @@ def split_tracks(df: pd.DataFrame, cfg: dict) -> dict[str, pd.DataFrame]:
     if folds == 1 or folds < 0:
         raise DataError(f"folds={folds}: use 0 (no cross-validation) or at least 2 folds")
     if folds:
-        return make_folds(df, folds, int(cfg.get("fold", 0)), cfg.get("val_size", 0.2), cfg.get("split_seed", 42))
+        return make_folds(df, folds, int(cfg.get("fold", 0)), cfg.get("val_size", 0.2), cfg.get("split_seed", 42),
+                          multilabel)
     return make_splits(df, cfg.get("split", "tutorial"), cfg.get("val_size", 0.2), cfg.get("test_size", 0.1),
-                       cfg.get("split_seed", 42))
+                       cfg.get("split_seed", 42), multilabel)
 
 
 def split_parts(cfg: dict) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from evaluation.selective import coverage_table, coverage_text  # noqa: E402
-from experiment.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from experiment.checkpoint import store_entry  # noqa: E402
 
 ECE_BINS = 15  # Guo et al. 2017 (section 5 and their code): 15 equal-width confidence bins
 TEMPERATURE_BOUNDS = (0.01, 100.0)  # the search interval of T; a fit at a bound means the data are separable
@@ -145,9 +145,7 @@ def store_calibration(path, record: dict) -> None:
     """Add ``record`` (:func:`fit_calibration`) to the checkpoint at ``path`` as its ``calibration`` entry,
     written atomically (``save_checkpoint``); everything else in the file is kept. Raises as
     ``load_checkpoint`` / ``save_checkpoint``."""
-    state = load_checkpoint(path)
-    state["calibration"] = dict(record)
-    save_checkpoint(state, Path(path) / "best.pt" if Path(path).is_dir() else path)
+    store_entry(path, "calibration", dict(record))
 
 
 def temperature_of(meta: dict | None) -> float:

@@ -9,6 +9,7 @@
     Classifier.from_export("runs/my-run/export_onnx")   # a folder written by export.py (onnxruntime)
     clf.timeline("mix.wav", hop_seconds=2.0)     # Timeline: windows and merged segments (what plays when)
     Classifier.from_checkpoint(path, min_confidence=0.6).predict("dog.wav")   # [("unknown", 0.41)]
+    Classifier.from_checkpoint("runs/tagger/best.pt").predict("mix.wav")       # multi-label: [("dog", 0.93), ("rain", 0.71)]
 
 Probabilities are calibrated by default: the logits are divided by the checkpoint's temperature (fitted on
 the val split at the end of training, :mod:`evaluation.calibration`) before the softmax, so "0.8" means
@@ -16,6 +17,12 @@ right about 8 times in 10 on data like the val split; top-1 is the same either w
 gives the raw softmax; a checkpoint without a temperature (trained before calibration existed) has
 ``temperature`` 1.0 and predicts exactly as before. ``min_confidence`` answers ``unknown`` when the top
 probability is below it (:mod:`evaluation.selective`).
+
+Multi-label checkpoints (``task`` multilabel, experiment/tasks.py) give each label its own sigmoid probability
+(no temperature) and answer every label whose probability reaches its class's threshold (tuned on val,
+F1-optimal, stored in the checkpoint under ``thresholds``); ``min_confidence`` is then a floor over all
+thresholds, and ``none`` is the answer when no label reaches its threshold. :meth:`Classifier.predict` returns
+those labels; ``Prediction.top_k`` still gives the k most probable.
 
 Any length works: the whole recording is cut into the training window (``clip_seconds``) every
 ``eval_hop_seconds`` and the logits are averaged, exactly as in evaluation. ``predict.py`` and
@@ -39,10 +46,12 @@ from data.windows import cut_windows, window_starts
 from evaluation import forward_windows
 from evaluation.calibration import temperature_of
 from evaluation.export import ExportError, read_export
-from evaluation.selective import UNKNOWN, answer
+from evaluation.multilabel import NO_LABEL
+from evaluation.selective import UNKNOWN
 from evaluation.timeline import Timeline, build_timeline
 from experiment.checkpoint import CheckpointError, load_checkpoint
 from experiment.distributed import pick_device
+from experiment.tasks import get_task, task_of
 from models import build_model, get_backbone
 
 # Checkpoint entries a Classifier keeps besides the model weights (training state is dropped).
@@ -54,8 +63,10 @@ class Prediction:
     """One recording's result.
 
     ``probabilities``: float32 [num_classes] (cpu), softmax of the window-averaged logits divided by
-    ``temperature`` (1.0: the raw softmax), in the order of ``label_names``. ``num_windows``: windows averaged.
-    ``seconds``: duration of the audio. ``min_confidence``: below it, :attr:`label` is ``unknown``.
+    ``temperature`` (1.0: the raw softmax), or for ``task`` multilabel the sigmoid of each, in the order of
+    ``label_names``. ``num_windows``: windows averaged. ``seconds``: duration of the audio.
+    ``min_confidence``: below it, :attr:`label` is ``unknown`` (multilabel: a floor over the thresholds).
+    ``thresholds``: the multi-label checkpoint's threshold record (``{"thresholds": [K floats], ...}``), or None.
     """
     probabilities: torch.Tensor
     label_names: list[str]
@@ -63,6 +74,8 @@ class Prediction:
     seconds: float
     temperature: float = 1.0
     min_confidence: float = 0.0
+    task: str = "single_label"
+    thresholds: dict | None = None
 
     def top_k(self, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` most probable (label, probability) pairs, most probable first (all when k >= classes)."""
@@ -76,8 +89,15 @@ class Prediction:
 
     @property
     def label(self) -> str:
-        """The answer: the most probable label, or ``unknown`` when :attr:`confidence` < ``min_confidence``."""
-        return answer(self.probabilities, self.label_names, self.min_confidence)
+        """The answer: the most probable label, or ``unknown`` when :attr:`confidence` < ``min_confidence``;
+        multilabel: the labels at or above their thresholds joined with ``;`` (most probable first), or ``none``."""
+        return get_task(self.task).answer(self.probabilities, self.label_names, self.thresholds, self.min_confidence)
+
+    @property
+    def labels(self) -> list[tuple[str, float]]:
+        """The answer as (label, probability) pairs, most probable first: one pair (single-label) or every label
+        at or above its threshold (multilabel); [] for ``unknown`` / ``none``."""
+        return get_task(self.task).chosen(self.probabilities, self.label_names, self.thresholds, self.min_confidence)
 
 
 @dataclass
@@ -102,8 +122,12 @@ class Analysis:
     def timeline(self, top_k: int = 3) -> Timeline:
         """The windows' top ``top_k`` labels and merged segments (:mod:`evaluation.timeline`)."""
         p = self.prediction
+        task = get_task(p.task)
+
+        def decide(row):
+            return task.answer(row, p.label_names, p.thresholds, p.min_confidence)
         return build_timeline(self.window_probabilities, self.window_starts, self.window_seconds, self.hop_seconds,
-                              p.seconds, p.label_names, top_k, p.temperature, p.min_confidence)
+                              p.seconds, p.label_names, top_k, p.temperature, p.min_confidence, decide)
 
 
 def front_end(cfg: dict, norm: dict) -> tuple:
@@ -127,6 +151,8 @@ class Classifier:
     ``temperature``: the checkpoint's fitted temperature (``meta["calibration"]``; 1.0 when it has none).
     ``calibrated``: divide the logits by it before the softmax (default; False: the raw softmax).
     ``min_confidence``: in [0, 1]; a recording (or window) whose top probability is below it is ``unknown``.
+    ``task``: the run's task (experiment/tasks.py, from the config); ``thresholds``: a multi-label checkpoint's
+    threshold record (``meta["thresholds"]``), None otherwise.
     """
 
     def __init__(self, model, frontend, input_transform, label_names: list[str], window: int, hop: int,
@@ -140,6 +166,14 @@ class Classifier:
             raise ValueError(f"min_confidence must be a probability in [0, 1], got {min_confidence}")
         self.temperature = temperature_of(self.meta)
         self.calibrated, self.min_confidence = calibrated, float(min_confidence)
+        self.task = task_of(self.config)
+        self.thresholds = self.meta.get("thresholds")
+
+    def set_decision(self, record: dict) -> None:
+        """Use ``record``, the task's decision rule fitted on val (``Task.fit_decision``: the calibration
+        record, or the thresholds), from now on; it is also put in :attr:`meta` under the task's key."""
+        self.meta[self.task.decision_key] = record
+        self.temperature, self.thresholds = temperature_of(self.meta), self.meta.get("thresholds")
 
     @property
     def applied_temperature(self) -> float:
@@ -148,6 +182,11 @@ class Classifier:
 
     def probability_note(self) -> str:
         """One line for a command line or page: whether the probabilities are calibrated, and by what."""
+        if self.task.name == "multilabel":
+            tuned = (f"tuned on {self.thresholds['tracks']} {self.thresholds['fitted_on']} tracks"
+                     if self.thresholds else "untuned: 0.5 each (python evaluate.py RUN tunes them)")
+            return (f"sigmoid probabilities, one per label; a label is answered at or above its class's threshold "
+                    f"(F1-optimal, {tuned})")
         record = self.meta.get("calibration")
         if not record:
             return "raw softmax probabilities: this model has no temperature (python evaluate.py RUN fits one)"
@@ -158,8 +197,9 @@ class Classifier:
         return f"raw softmax probabilities (--uncalibrated; the {fitted} is not applied)"
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """softmax(logits / :attr:`applied_temperature`) over the last axis; logits float [..., num_classes]."""
-        return (logits.float() / self.applied_temperature).softmax(-1)
+        """softmax(logits / :attr:`applied_temperature`) over the last axis (multilabel: the sigmoid of each
+        logit); logits float [..., num_classes]."""
+        return self.task.probabilities(logits, self.applied_temperature)
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "auto", calibrated: bool = True,
@@ -307,13 +347,17 @@ class Classifier:
                 ) -> list[tuple[str, float]]:
         """The ``top_k`` (label, probability) pairs for one recording, most probable first; when the top
         probability is below :attr:`min_confidence`, the one pair ``("unknown", top probability)``: the model
-        declines to answer (:meth:`classify` still gives every probability).
+        declines to answer (:meth:`classify` still gives every probability). A multi-label model returns every
+        label at or above its threshold instead (however many; ``top_k`` does not cut them), or the one pair
+        ``("none", top probability)`` when no label reaches its threshold.
 
         ``audio``: a path (any format soundfile decodes, any rate, any channels, any length) or a waveform
         [T] / [channels, T] with its ``sample_rate`` in Hz. Raises AudioError or ValueError.
         """
         pred = self.classify(audio, sample_rate, min_seconds)
-        return [(UNKNOWN, pred.confidence)] if pred.label == UNKNOWN else pred.top_k(top_k)
+        if pred.label in (UNKNOWN, NO_LABEL) and not pred.labels:
+            return [(pred.label, pred.confidence)]
+        return pred.labels if self.task.name == "multilabel" else pred.top_k(top_k)
 
     def analyze(self, audio, sample_rate: int | None = None, min_seconds: float = 0.0,
                 window_seconds: float | None = None, hop_seconds: float | None = None) -> Analysis:
@@ -330,7 +374,8 @@ class Classifier:
         frame = self.frontend.hop_length / self.sample_rate
         starts = np.asarray(window_starts(mel.shape[-1], window, hop), dtype=float) * frame
         prediction = Prediction(self.probabilities(logits.mean(0)), self.label_names, len(starts),
-                                wave.numel() / self.sample_rate, self.applied_temperature, self.min_confidence)
+                                wave.numel() / self.sample_rate, self.applied_temperature, self.min_confidence,
+                                self.task.name, self.thresholds)
         return Analysis(prediction, self.probabilities(logits), starts, window * frame, mel, frame, hop * frame)
 
     def timeline(self, audio, sample_rate: int | None = None, top_k: int = 3, window_seconds: float | None = None,

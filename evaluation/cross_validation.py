@@ -10,6 +10,11 @@ track is tested exactly once, so it covers the whole data set). Papers on small 
 10-fold mean ± std for this reason (DESIGN.md section 7). Written to ``<out_dir>/cv_summary.json`` and
 ``<out_dir>/confusion_matrix_cv.png``. Runs made one fold at a time (``--fold=i``, e.g. on a cluster) are
 gathered by calling :func:`summarize_folds` (or this command) on their folders.
+
+Predefined folds (the index's ``fold`` column: ESC-50's 5, UrbanSound8K's 10; the fold reports record them as
+``predefined_folds``) are named as such in the protocol and the summary line, as the benchmarks' papers
+report them. Multi-label folds (reports with ``mAP``) are summarised by mAP, mAUC, d' and macro-F1 mean ± std,
+and ``map_cv.png`` shows each fold's mAP instead of a pooled confusion matrix (AP does not pool by summing).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from data.index import DataError
-from evaluation.metrics import close, plot_confusion_matrix
+from evaluation.metrics import close, plot_confusion_matrix, plt
 from experiment.checkpoint import write_atomic
 
 
@@ -37,7 +42,7 @@ def read_fold(run_dir, split: str = "test") -> dict:
     except (OSError, ValueError) as err:
         raise CrossValidationError(f"{path}: no readable fold report ({type(err).__name__}: {err}). Is the fold "
                                    "missing? Run it (train.py --fold=i) before gathering the folds.") from None
-    if not entry or "confusion" not in entry:
+    if not entry or not ("confusion" in entry or "mAP" in entry):
         raise CrossValidationError(f"{path} has no '{split}' report: the fold did not finish. Run it again (train.py "
                                    "--fold=i resumes it) before gathering the folds.")
     return entry
@@ -118,6 +123,8 @@ def summarize_folds(run_dirs, out_dir, split: str = "test") -> dict:
         raise CrossValidationError(f"cross-validation needs at least 2 fold runs, got {len(run_dirs)}")
     entries = [read_fold(d, split) for d in run_dirs]
     _check_folds(entries, run_dirs)
+    if "mAP" in entries[0]:
+        return summarize_multilabel_folds(entries, run_dirs, Path(out_dir), split)
     names = entries[0]["label_names"]
     top1 = np.array([e["top1"] for e in entries], dtype=float)
     macro_f1 = np.array([e["macro_f1"] for e in entries], dtype=float)
@@ -132,11 +139,12 @@ def summarize_folds(run_dirs, out_dir, split: str = "test") -> dict:
         macro_f1_mean=float(macro_f1.mean()), macro_f1_std=float(macro_f1.std(ddof=1)),
         n=int(pooled.sum()), pooled_confusion=pooled.tolist(),
         pooled_top1=float(np.trace(pooled) / max(pooled.sum(), 1)),
-        protocol=(f"{k}-fold cross-validation, group- and label-stratified (scikit-learn StratifiedGroupKFold): each "
-                  f"fold's {split} part scored by the checkpoint chosen on that fold's val part "
-                  f"({entries[0].get('protocol', 'per-fold protocol not recorded')}); mean and sample standard "
-                  "deviation (ddof=1) over folds; pooled confusion = sum of the folds' matrices"),
+        protocol=(f"{fold_protocol(entries, k)}: each fold's {split} part scored by the checkpoint chosen on that "
+                  f"fold's val part ({entries[0].get('protocol', 'per-fold protocol not recorded')}); mean and sample "
+                  "standard deviation (ddof=1) over folds; pooled confusion = sum of the folds' matrices"),
     )
+    if entries[0].get("predefined_folds"):
+        summary["predefined_folds"] = entries[0]["predefined_folds"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig = plot_confusion_matrix(pooled, names, f"{k}-fold cross-validation, pooled {split} confusion\n"
@@ -148,10 +156,62 @@ def summarize_folds(run_dirs, out_dir, split: str = "test") -> dict:
     return summary
 
 
+def fold_protocol(entries: list[dict], k: int) -> str:
+    """How the K folds were made: the data's predefined folds (the reports' ``predefined_folds``), or drawn."""
+    predefined = entries[0].get("predefined_folds")
+    if predefined:
+        return (f"{k}-fold cross-validation on the data's predefined folds (the index's fold column: "
+                f"{', '.join(map(str, predefined))}), never reshuffled; val drawn inside the training folds")
+    return f"{k}-fold cross-validation, group- and label-stratified (scikit-learn StratifiedGroupKFold)"
+
+
+def summarize_multilabel_folds(entries: list[dict], run_dirs: list[Path], out_dir: Path, split: str) -> dict:
+    """:func:`summarize_folds` for multi-label fold reports: ``per_fold`` (run_dir, fold, n, mAP, mAUC, d_prime,
+    macro_f1, mAP_ci), ``<metric>_mean`` and ``<metric>_std`` (ddof=1) for mAP, mAUC, d_prime and macro_f1
+    (when measured), ``n``, ``protocol`` and ``png`` (``map_cv.png``: each fold's mAP with its interval)."""
+    k = len(entries)
+    keys = [key for key in ("mAP", "mAUC", "d_prime", "macro_f1") if all(key in e for e in entries)]
+    summary = dict(folds=k, split=split, task="multilabel", label_names=entries[0]["label_names"],
+                   per_fold=[dict(run_dir=str(d), fold=e.get("fold", i), n=e["n"], mAP_ci=e.get("mAP_ci"),
+                                  **{key: e[key] for key in keys}) for i, (d, e) in enumerate(zip(run_dirs, entries))],
+                   n=int(sum(e["n"] for e in entries)))
+    for key in keys:
+        values = np.array([e[key] for e in entries], dtype=float)
+        summary[f"{key}_mean"], summary[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1))
+    if entries[0].get("predefined_folds"):
+        summary["predefined_folds"] = entries[0]["predefined_folds"]
+    summary["protocol"] = (f"{fold_protocol(entries, k)}: each fold's {split} part scored by the checkpoint chosen "
+                           f"on that fold's val mAP; mean and sample standard deviation (ddof=1) over folds")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * k + 2), 3.5), dpi=110)
+    values = [e["mAP"] for e in entries]
+    errors = np.array([[v - e["mAP_ci"][0], e["mAP_ci"][1] - v] if e.get("mAP_ci") else [0, 0]
+                       for v, e in zip(values, entries)]).T
+    ax.bar(range(k), values, yerr=errors, color="tab:blue", capsize=3)
+    ax.axhline(summary["mAP_mean"], color="black", linestyle="--", linewidth=1)
+    ax.set_xticks(range(k), [str(e.get("fold", i)) for i, e in enumerate(entries)])
+    ax.set_xlabel("fold")
+    ax.set_ylabel(f"{split} mAP (95% bootstrap CI)")
+    ax.set_ylim(0, 1)
+    ax.set_title(format_summary(summary), fontsize=8)
+    fig.tight_layout()
+    summary["png"] = str(out_dir / "map_cv.png")
+    fig.savefig(summary["png"])
+    close(fig)
+    write_atomic(out_dir / "cv_summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    return summary
+
+
 def format_summary(summary: dict) -> str:
-    """``5-fold CV test top-1 81.2 ± 3.1%, macro-F1 80.4 ± 3.3% (1000 tracks)`` for consoles and titles."""
+    """``5-fold CV test top-1 81.2 ± 3.1%, macro-F1 80.4 ± 3.3% (1000 tracks)`` for consoles and titles (a
+    multi-label summary: ``mAP 0.712 ± 0.021, mAUC ...``); ``predefined`` folds say so."""
     s = summary
-    return (f"{s['folds']}-fold CV {s['split']} top-1 {100 * s['top1_mean']:.1f} ± {100 * s['top1_std']:.1f}%, "
+    kind = "CV on predefined folds" if s.get("predefined_folds") else "CV"
+    if s.get("task") == "multilabel":
+        return (f"{s['folds']}-fold {kind} {s['split']} mAP {s['mAP_mean']:.3f} ± {s['mAP_std']:.3f}, mAUC "
+                f"{s['mAUC_mean']:.3f} ± {s['mAUC_std']:.3f}, d' {s['d_prime_mean']:.2f} ± {s['d_prime_std']:.2f} "
+                f"({s['n']} tracks)")
+    return (f"{s['folds']}-fold {kind} {s['split']} top-1 {100 * s['top1_mean']:.1f} ± {100 * s['top1_std']:.1f}%, "
             f"macro-F1 {100 * s['macro_f1_mean']:.1f} ± {100 * s['macro_f1_std']:.1f}% ({s['n']} tracks)")
 
 
@@ -172,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--out_dir is required when the fold folders are given one by one")
     summary = summarize_folds(run_dirs, out_dir, args.split)
     print(f"{format_summary(summary)}\nsummary: {Path(out_dir) / 'cv_summary.json'}\n"
-          f"pooled confusion matrix: {summary['png']}")
+          f"{'pooled confusion matrix' if 'pooled_confusion' in summary else 'per-fold mAP'}: {summary['png']}")
     return summary
 
 

@@ -9,7 +9,8 @@ An export folder (written by ``export.py``, read by :meth:`evaluation.classifier
                                      ``features`` (front-end parameters and normalisation), window and hop in
                                      frames, the run's metrics, the parity measured at export, and
                                      ``calibration`` (the checkpoint's temperature record, when it has one:
-                                     the logits are divided by it before the softmax)
+                                     the logits are divided by it before the softmax), ``task`` and, for a
+                                     multi-label run, ``thresholds`` (per class, tuned on val)
 
 The front end (decoding, resampling, STFT/log-mel) and the input transform (normalise, resize, channels)
 stay outside the graph: STFT ops export poorly (``torch.stft`` has no ONNX op before opset 17 and complex

@@ -14,17 +14,23 @@ into rows a user can read and save:
   whose top probability is below it is ``unknown``, and runs of such windows become ``unknown`` segments
   (their probability: the mean top probability that fell short).
 
+For a multi-label model a window's answer is the set of labels at or above their thresholds (``a;b``, or
+``none``), passed in as ``decide``; consecutive windows with the same set merge, and a segment's probability is
+the mean over its windows of the mean probability of its labels.
+
 :meth:`evaluation.classifier.Classifier.timeline` builds a :class:`Timeline`; ``predict.py --timeline``
 writes :func:`window_rows` and :func:`segment_rows` as CSV and into its JSON; the web demo lists the segments.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
-from evaluation.selective import UNKNOWN, answer
+from data.labels import SEPARATOR
+from evaluation.selective import answer
 
 
 @dataclass
@@ -75,25 +81,35 @@ def segment_edges(starts, window_seconds: float, seconds: float) -> np.ndarray:
     return np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [float(seconds)]])
 
 
+def _members(said: str, label_names: list[str]) -> list[int]:
+    """Class ids of an answer: one label, several joined with ``;``, or none (``unknown`` / ``none``)."""
+    if said in label_names:
+        return [label_names.index(said)]
+    return [label_names.index(n) for n in said.split(SEPARATOR) if n in label_names]
+
+
 def merge_segments(probabilities, starts, window_seconds: float, seconds: float, label_names: list[str],
-                   min_confidence: float = 0.0) -> list[Segment]:
+                   min_confidence: float = 0.0, decide: Callable | None = None) -> list[Segment]:
     """Segments of windows: runs of consecutive windows with the same answer (top label, or ``unknown`` below
-    ``min_confidence``) become one segment between :func:`segment_edges`.
+    ``min_confidence``; or ``decide(row)``'s, e.g. a multi-label set ``a;b``) become one segment between
+    :func:`segment_edges`.
 
     Args:
         probabilities: float [N, K] per window (numpy or torch), in the order of ``label_names``.
         starts: float [N], window starts in seconds. window_seconds, seconds: window length, recording length.
+        decide: a window's probabilities [K] -> its answer (default: top label or ``unknown``).
     Returns:
-        list of :class:`Segment`, in time order, tiling [0, seconds].
+        list of :class:`Segment`, in time order, tiling [0, seconds]; a segment's probability is the mean of
+        its label's (labels' mean) probability, or of the top probability when it has no label.
     """
     p = probabilities.numpy() if isinstance(probabilities, torch.Tensor) else np.asarray(probabilities)
     edges = segment_edges(starts, window_seconds, seconds)
-    labels = [answer(row, label_names, min_confidence) for row in p]
+    labels = [decide(row) if decide else answer(row, label_names, min_confidence) for row in p]
     segments, first = [], 0
     for i in range(1, len(labels) + 1):
         if i == len(labels) or labels[i] != labels[first]:
-            run = p[first:i]
-            score = run.max(1) if labels[first] == UNKNOWN else run[:, label_names.index(labels[first])]
+            run, members = p[first:i], _members(labels[first], label_names)
+            score = run[:, members].mean(1) if members else run.max(1)
             segments.append(Segment(float(edges[first]), float(edges[i]), labels[first], float(score.mean()),
                                     i - first))
             first = i
@@ -102,9 +118,9 @@ def merge_segments(probabilities, starts, window_seconds: float, seconds: float,
 
 def build_timeline(window_probabilities, starts, window_seconds: float, hop_seconds: float, seconds: float,
                    label_names: list[str], top_k: int = 3, temperature: float = 1.0,
-                   min_confidence: float = 0.0) -> Timeline:
+                   min_confidence: float = 0.0, decide: Callable | None = None) -> Timeline:
     """A :class:`Timeline` from per-window probabilities float [N, K] and window ``starts`` [N] (seconds):
-    each window's top ``top_k`` labels, and :func:`merge_segments`."""
+    each window's top ``top_k`` labels, and :func:`merge_segments` (with ``decide``)."""
     p = torch.as_tensor(np.asarray(window_probabilities), dtype=torch.float64)
     k = max(1, min(top_k, p.shape[1]))
     top = p.topk(k, dim=1)
@@ -113,7 +129,7 @@ def build_timeline(window_probabilities, starts, window_seconds: float, hop_seco
                for s, values, indices in zip(starts, top.values, top.indices)]
     return Timeline(float(seconds), float(window_seconds), float(hop_seconds), float(temperature),
                     float(min_confidence), windows,
-                    merge_segments(p.numpy(), starts, window_seconds, seconds, label_names, min_confidence))
+                    merge_segments(p.numpy(), starts, window_seconds, seconds, label_names, min_confidence, decide))
 
 
 def window_rows(path: str, timeline: dict) -> list[dict]:

@@ -143,3 +143,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or not {"model", "config", "label_names"} <= set(state):
         raise CheckpointError(f"{path}: not a checkpoint of this trainer (needs model, config and label_names)")
     return state
+
+
+def store_entry(path, key: str, value) -> None:
+    """Set the entry ``key`` of the checkpoint at ``path`` (a .pt file, or a run folder meaning its best.pt) to
+    ``value`` (plain types), written atomically; everything else in the file is kept. Raises as
+    :func:`load_checkpoint` / :func:`save_checkpoint`."""
+    state = load_checkpoint(path)
+    state[key] = value
+    save_checkpoint(state, Path(path) / "best.pt" if Path(path).is_dir() else path)

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from evaluation import autocast
 from experiment import distributed
+from experiment.tasks import TASKS, Task
 from models import build_model, freeze_backbone, freeze_feature_encoder, param_groups
 
 # Clips a training batch needs: BatchNorm in training mode needs more than one value per channel, and a
@@ -132,12 +132,13 @@ def prepare_batch(x: torch.Tensor, y: torch.Tensor, runtime: Runtime, input_tran
 
     Args:
         x: float32 [B, 1, n_mels, frames] (or [B, 1, 1, samples]) crops, or model inputs when the DataLoader
-            workers made them (``features_on=item``: pass no ``input_transform``); y: long [B] labels.
+            workers made them (``features_on=item``: pass no ``input_transform``); y: long [B] labels, or
+            float [B, K] multi-hot targets.
         input_transform: the run's input transform (data.features: augmentation in train mode,
             normalisation, and the layout's shaping, e.g. MelImage's resize to 3 channels), run without
             gradients.
     Returns:
-        (x, the model input, e.g. float [B, 3, H, W] in channels_last when the runtime uses it; y long [B]),
+        (x, the model input, e.g. float [B, 3, H, W] in channels_last when the runtime uses it; y as given),
         on the device.
     """
     x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
@@ -150,7 +151,8 @@ def prepare_batch(x: torch.Tensor, y: torch.Tensor, runtime: Runtime, input_tran
 
 
 def mixup(x, y, alpha: float):
-    """Mixup (Zhang et al. 2018): ``lam * x + (1 - lam) * x[perm]`` with lam ~ Beta(alpha, alpha).
+    """Mixup (Zhang et al. 2018): ``lam * x + (1 - lam) * x[perm]`` with lam ~ Beta(alpha, alpha); the task's
+    loss blends the targets y_a = y and y_b = y[perm] with the same lam (class ids or multi-hot rows).
     Returns (x, y_a, y_b, lam); identity when ``alpha`` is 0."""
     if alpha <= 0 or len(y) < 2:
         return x, y, y, 1.0
@@ -161,14 +163,15 @@ def mixup(x, y, alpha: float):
 
 
 def train_step(model, optimizer, scaler, x, y_a, y_b, lam: float, runtime: Runtime, label_smoothing: float = 0.0,
-               ema=None):
+               ema=None, task: Task | None = None):
     """One optimisation step on a (mixed-up) batch: :func:`backward` then :func:`optimizer_step`, then the
     EMA of the weights (``ema``: experiment/ema.py, or None) takes the new weights in.
 
-    Args: x float [B, C, H, W] on the device; y_a, y_b long [B]. Returns (logits [B, K], loss scalar), not synced.
+    Args: x float [B, C, H, W] on the device; y_a, y_b long [B] (or multi-hot float [B, K] for the multilabel
+    ``task``). Returns (logits [B, K], loss scalar), not synced.
     """
     optimizer.zero_grad(set_to_none=True)
-    logits, loss = backward(model, scaler, x, y_a, y_b, lam, runtime, label_smoothing=label_smoothing)
+    logits, loss = backward(model, scaler, x, y_a, y_b, lam, runtime, label_smoothing=label_smoothing, task=task)
     optimizer_step(optimizer, scaler)
     if ema is not None:
         ema.update_parameters(model)
@@ -176,18 +179,20 @@ def train_step(model, optimizer, scaler, x, y_a, y_b, lam: float, runtime: Runti
 
 
 def backward(model, scaler, x, y_a, y_b, lam: float, runtime: Runtime, loss_scale: float = 1.0,
-             label_smoothing: float = 0.0):
-    """Forward (autocast when the runtime has an AMP dtype), mixup cross-entropy ``lam * CE(y_a) + (1 - lam) *
-    CE(y_b)`` (with ``label_smoothing``, Szegedy et al. 2016: the target puts that much mass uniformly on all
-    classes), and backward of ``loss * loss_scale`` through ``scaler``: the gradients add to those already in
-    the parameters (gradient accumulation passes ``loss_scale = 1 / micro-batches``).
+             label_smoothing: float = 0.0, task: Task | None = None):
+    """Forward (autocast when the runtime has an AMP dtype), the ``task``'s mixup loss (experiment/tasks.py;
+    default single_label: ``lam * CE(y_a) + (1 - lam) * CE(y_b)`` with ``label_smoothing``, Szegedy et al. 2016:
+    the target puts that much mass uniformly on all classes; multilabel: BCE with logits on the blended
+    multi-hot targets), and backward of ``loss * loss_scale`` through ``scaler``: the gradients add to those
+    already in the parameters (gradient accumulation passes ``loss_scale = 1 / micro-batches``).
 
-    Args: x float [B, C, H, W] on the device; y_a, y_b long [B]. Returns (logits [B, K], the unscaled loss), not synced.
+    Args: x float [B, C, H, W] on the device; y_a, y_b long [B] or float [B, K]. Returns (logits [B, K], the
+    unscaled loss), not synced.
     """
+    task = task or TASKS["single_label"]
     with autocast(runtime.device, runtime.amp_dtype):
         logits = model(x)
-        loss = (lam * F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
-                + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing))
+        loss = task.loss(logits, y_a, y_b, lam, label_smoothing)
     scaler.scale(loss * loss_scale).backward()
     return logits, loss
 
@@ -206,7 +211,7 @@ class EpochTotals:
     data/skipped_clips come from. A mid-epoch checkpoint holds them as a dict (key ``accum``)."""
     loss_sum: float = 0.0  # sum of the step losses
     batches: int = 0  # steps trained
-    correct: int = 0  # clips whose top-1 prediction is their (unmixed) label
+    correct: int = 0  # clips the task's training score counts right (top-1 is their unmixed label, or one of them)
     seen: int = 0  # clips trained on
     skipped: int = 0  # unreadable clips left out of batches
     seconds: float = 0.0  # wall time of the epoch, evaluation included
@@ -214,15 +219,16 @@ class EpochTotals:
 
 
 class PendingSteps:
-    """Per-step loss and correct count left on the device until :meth:`read` (every ``sync_every`` steps),
-    so that the host does not wait for the device after every step."""
+    """Per-step loss and correct count (``task.hits``: top-1 right, or among the labels) left on the device
+    until :meth:`read` (every ``sync_every`` steps), so that the host does not wait for the device after every
+    step."""
 
-    def __init__(self, sync_every: int):
-        self.sync_every, self.steps = sync_every, []
+    def __init__(self, sync_every: int, task: Task | None = None):
+        self.sync_every, self.steps, self.task = sync_every, [], task or TASKS["single_label"]
 
     def add(self, step: int, logits: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
-        """Queue step ``step``: logits [B, K], loss scalar, labels y long [B] (all on the device)."""
-        self.steps.append((step, loss.detach().float(), (logits.argmax(1) == y).sum(), len(y)))
+        """Queue step ``step``: logits [B, K], loss scalar, targets y long [B] or float [B, K] (on the device)."""
+        self.steps.append((step, loss.detach().float(), self.task.hits(logits, y), len(y)))
 
     def due(self) -> bool:
         return len(self.steps) >= self.sync_every

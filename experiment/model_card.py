@@ -35,6 +35,8 @@ SPLIT_PROTOCOLS = {
     "stratified+groups": "stratified train/val/test split by group (scikit-learn StratifiedGroupKFold, val_size="
                          "{val_size}, test_size={test_size}, random_state={split_seed}); the checkpoint is chosen on "
                          "val, test is held out",
+    "predefined": "the data's own train/val/test split (the index's `split` column, e.g. FSD50K's dev train/val "
+                  "and eval as test); the checkpoint is chosen on val, test is held out",
     "fault_filtered": "the artist-filtered, fault-filtered GTZAN split of Kereliuk, Sturm & Larsen (2015) "
                       "(443/197/290 tracks); the checkpoint is chosen on val, test is held out",
     "predefined": "the data's own train/validation/test splits (a val part missing from the data is drawn from "
@@ -50,9 +52,12 @@ KEY_CONFIG = ("arch", "pretrained", "sample_rate", "n_fft", "hop_length", "n_mel
               "learning_rate", "weight_decay", "label_smoothing", "ema_decay", "balanced_sampler", "num_epochs",
               "warmup_epochs", "lr_step_size", "lr_gamma", "seed", "amp")
 HISTORY_COLUMNS = (("train/epoch", "epoch", "{:.0f}"), ("train/loss", "train loss", "{:.4f}"),
-                   ("train/acc", "train top-1 %", "{:.1f}"), ("val/loss", "val loss", "{:.4f}"),
-                   ("val/acc", "val top-1 %", "{:.1f}"), ("val/macro_f1", "val macro-F1 %", "{:.1f}"),
+                   ("train/acc", "train top-1 %", "{:.1f}"), ("train/precision_at_1", "train p@1 %", "{:.1f}"),
+                   ("val/loss", "val loss", "{:.4f}"), ("val/acc", "val top-1 %", "{:.1f}"),
+                   ("val/macro_f1", "val macro-F1 %", "{:.1f}"), ("val/mAP", "val mAP %", "{:.1f}"),
+                   ("val/mAUC", "val mAUC %", "{:.1f}"), ("val/d_prime", "val d'", "{:.2f}"),
                    ("train/lr", "lr", "{:.2e}"), ("train/epoch_seconds", "seconds", "{:.0f}"))
+MULTILABEL_KEYS = ("mAP", "mAUC", "d_prime", "micro_f1", "mAP_ci")  # headline numbers of a multi-label split
 
 
 def read_metrics(folder) -> dict:
@@ -65,10 +70,11 @@ def read_metrics(folder) -> dict:
 
 
 def metrics_summary(metrics: dict) -> dict:
-    """Per split, the headline numbers only: top1, macro_f1 (fractions), n, protocol, epoch and intervals."""
-    keys = ("top1", "macro_f1", "n", "protocol", "epoch", "checkpoint", "top1_ci", "macro_f1_ci")
+    """Per split, the headline numbers only: top1, macro_f1 (fractions), n, protocol, epoch and intervals; for a
+    multi-label split (``mAP`` in it) also mAP, mAUC, d_prime, micro_f1 and mAP_ci."""
+    keys = ("top1", "macro_f1", "n", "protocol", "epoch", "checkpoint", "top1_ci", "macro_f1_ci", *MULTILABEL_KEYS)
     return {split: {k: m[k] for k in keys if k in m} for split, m in metrics.items()
-            if isinstance(m, dict) and "top1" in m}
+            if isinstance(m, dict) and ("top1" in m or "mAP" in m)}
 
 
 def dataset_name(cfg: dict) -> str:
@@ -135,20 +141,26 @@ def front_matter(state: dict, summary: dict, dataset: str, library: str = "pytor
     hub = hub_dataset(state["label_names"], cfg)
     results = []
     for split, m in summary.items():
-        metrics = [dict(type="accuracy", name=f"{split} top-1 accuracy (%)", value=round(100 * m["top1"], 2))]
+        if "mAP" in m:
+            metrics = [dict(type="map", name=f"{split} mAP (%)", value=round(100 * m["mAP"], 2)),
+                       dict(type="roc_auc", name=f"{split} mAUC (%)", value=round(100 * m["mAUC"], 2))]
+        else:
+            metrics = [dict(type="accuracy", name=f"{split} top-1 accuracy (%)", value=round(100 * m["top1"], 2))]
         if "macro_f1" in m:
             metrics.append(dict(type="f1", name=f"{split} macro-F1 (%)", value=round(100 * m["macro_f1"], 2),
                                 args=dict(average="macro")))
         results.append(dict(task=dict(type="audio-classification", name="Audio Classification"),
                             dataset=dict(name=dataset, type=hub or dataset,
                                          split=split), metrics=metrics))
+    multilabel = cfg.get("task") == "multilabel"
     meta = dict(library_name=library, pipeline_tag="audio-classification",
-                tags=["audio-classification", *input_of(cfg)[1], arch_tag(cfg.get("arch", "model")), "mel-classifier"])
+                tags=["audio-classification", *(["multi-label"] if multilabel else []), *input_of(cfg)[1],
+                      arch_tag(cfg.get("arch", "model")), "mel-classifier"])
     if base_model:
         meta["base_model"] = base_model
     if hub:
         meta["datasets"] = [hub]
-    meta["metrics"] = ["accuracy", "f1"]
+    meta["metrics"] = ["map", "roc_auc", "f1"] if multilabel else ["accuracy", "f1"]
     meta["model-index"] = [dict(name=name, results=results)]
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
@@ -156,6 +168,8 @@ def front_matter(state: dict, summary: dict, dataset: str, library: str = "pytor
 def results_section(state: dict, summary: dict, run_dir: Path) -> list[str]:
     """Markdown lines: metrics.json's numbers per split with their protocol, best val, the confusion PNGs."""
     best, cfg = state.get("best") or {}, state["config"]
+    if cfg.get("task") == "multilabel":
+        return multilabel_results(state, summary, run_dir)
     lines = ["## Results", "", "| split | top-1 | macro-F1 | tracks | protocol |", "|---|---:|---:|---:|---|"]
     for split, m in summary.items():
         f1 = percent(m["macro_f1"]) + interval(m.get("macro_f1_ci")) if "macro_f1" in m else "-"
@@ -172,6 +186,56 @@ def results_section(state: dict, summary: dict, run_dir: Path) -> list[str]:
     for png in sorted(run_dir.glob("confusion_matrix_*.png")):
         lines += ["", f"![confusion matrix, {png.stem.rsplit('_', 1)[-1]}]({png.name})"]
     return lines + [""]
+
+
+def multilabel_results(state: dict, summary: dict, run_dir: Path) -> list[str]:
+    """Markdown lines of a multi-label run: mAP (with its interval), mAUC, d', micro/macro-F1 at the thresholds
+    tuned on val, per split with its protocol; best val mAP; the per-class AP charts."""
+    best, cfg = state.get("best") or {}, state["config"]
+    lines = ["## Results", "", "Multi-label tagging: each label has its own sigmoid probability. mAP is the mean over "
+             "the classes with a positive track of scikit-learn's average precision; d' = sqrt(2) Phi^-1(mAUC); "
+             "F1 counts a label as predicted when its probability reaches its class's threshold (F1-optimal on "
+             "val).", "", "| split | mAP | mAUC | d' | micro-F1 | macro-F1 | tracks | protocol |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for split, m in summary.items():
+        ci = f" (95% CI {m['mAP_ci'][0]:.3f}-{m['mAP_ci'][1]:.3f})" if m.get("mAP_ci") else ""
+        f1 = [percent(m[k]) if k in m else "-" for k in ("micro_f1", "macro_f1")]
+        lines.append(f"| {split} | {m['mAP']:.3f}{ci} | {m['mAUC']:.3f} | {m['d_prime']:.2f} | {f1[0]} | {f1[1]} | "
+                     f"{m.get('n', '-')} | {m.get('protocol', '-')} ({m.get('checkpoint', 'best.pt')}, epoch "
+                     f"{m.get('epoch', '?')}) |")
+    if not summary:
+        lines.append("| - | - | - | - | - | - | - | no metrics.json in the run folder: run `python evaluate.py` |")
+    if "val_mAP" in best:
+        lines += ["", f"Best val mAP during training: **{best['val_mAP']:.1f}%** at epoch {best.get('epoch', '?')} "
+                      f"of {cfg.get('num_epochs', '?')} (this epoch's weights are `best.pt`; chosen on val, so "
+                      f"optimistic). Metrics are per track: window logits averaged, then the sigmoid."]
+    for png in sorted(run_dir.glob("average_precision_*.png")):
+        lines += ["", f"![per-class average precision, {png.stem.rsplit('_', 1)[-1]}]({png.name})"]
+    return lines + [""]
+
+
+def thresholds_section(state: dict, metrics: dict) -> list[str]:
+    """Markdown lines of a multi-label run's decision rule: where the thresholds were tuned, and the per-class
+    table (AP, support, threshold, F1) of each evaluated split; [] without thresholds."""
+    record = state.get("thresholds")
+    if not record:
+        return []
+    lines = ["## Decision thresholds", "", f"A label is answered when its sigmoid probability reaches its class's "
+             f"threshold, {record['rule']}, tuned on {record['tracks']} {record['fitted_on']} tracks. `predict.py`, "
+             f"`Classifier`, the demo and exports apply them (`--min_confidence=P` raises every threshold below P "
+             f"to P; `none` when no label reaches its threshold). No temperature is fitted: softmax calibration "
+             f"does not apply to independent labels.", ""]
+    for split, m in metrics.items():
+        rows = m.get("per_class") if isinstance(m, dict) and "mAP" in m else None
+        if not rows:
+            continue
+        lines += [f"On {split}:", "", "| class | AP | support | threshold | F1 |", "|---|---:|---:|---:|---:|"]
+        for name in state["label_names"]:
+            r = rows.get(name, {})
+            cells = [f"{r[k]:.3f}" if r.get(k) is not None else "-" for k in ("ap", "threshold", "f1")]
+            lines.append(f"| {name} | {cells[0]} | {r.get('support', '-')} | {cells[1]} | {cells[2]} |")
+        lines.append("")
+    return lines
 
 
 def calibration_section(state: dict, metrics: dict, run_dir: Path) -> list[str]:
@@ -206,9 +270,14 @@ def calibration_section(state: dict, metrics: dict, run_dir: Path) -> list[str]:
     return lines
 
 
-def data_section(state: dict, dataset: str) -> list[str]:
-    """Markdown lines: dataset, labels, split protocol and tracks per class and split."""
+def data_section(state: dict, dataset: str, metrics: dict | None = None) -> list[str]:
+    """Markdown lines: dataset, labels, split protocol (predefined folds when ``metrics``' reports say so) and
+    tracks per class and split (a multi-label track counts once for each of its labels)."""
     cfg, names = state["config"], state["label_names"]
+    predefined = next((m["predefined_folds"] for m in (metrics or {}).values()
+                       if isinstance(m, dict) and m.get("predefined_folds")), None)
+    how = (f"the data's predefined folds (the index's `fold` column: {', '.join(map(str, predefined))}), never "
+           f"reshuffled" if predefined else f"group- and label-stratified, random_state={cfg.get('split_seed', '?')}")
     counts = class_counts(state.get("splits"), names, state.get("split_record"))
     groups = group_lines(state)
     protocol = SPLIT_PROTOCOLS.get(f"{cfg.get('split')}{'+groups' if groups else ''}",
@@ -220,9 +289,8 @@ def data_section(state: dict, dataset: str) -> list[str]:
     lines = ["## Data", "", f"- Dataset: **{dataset}** ({source}), "
              f"{len(names)} classes: {', '.join(f'`{n}`' for n in names)}.",
              f"- Split `{cfg.get('split', '?')}`: {protocol}." if not cfg.get("folds") else
-             f"- Fold {cfg.get('fold')} of {cfg.get('folds')}-fold cross-validation (group- and label-stratified, "
-             f"random_state={cfg.get('split_seed', '?')}): test is this fold, val comes from the other folds and "
-             "chooses the checkpoint.", *groups]
+             f"- Fold {cfg.get('fold')} of {cfg.get('folds')}-fold cross-validation ({how}): test is this fold, "
+             "val comes from the other folds and chooses the checkpoint.", *groups]
     if counts:
         splits = list(counts)
         lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
@@ -385,13 +453,16 @@ def render_model_card(run_dir: Path, state: dict, metrics: dict, history: list[d
         writer = "train.py writes it at the end of training"
     tracked = (f" SwanLab: project `{state['swanlab_project']}`, experiment `{name}`."
                if state.get("swanlab_project") and cfg.get("swanlab_mode") != "disabled" else "")
-    intro = (f"# {name}\n\nAn audio classifier for {len(names)} classes of {dataset} "
+    kind = "A multi-label audio tagger (any number of labels per recording)" if cfg.get("task") == "multilabel" \
+        else "An audio classifier"
+    intro = (f"# {name}\n\n{kind} for {len(names)} classes of {dataset} "
              f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}): a `{cfg.get('arch')}` on "
              f"{input_of(cfg)[0]}, trained for {cfg.get('num_epochs', '?')} epochs with the mel-classifier trainer "
              f"(`train.py`); {holds}.{tracked}\n")
     files = sorted({p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} | extra_files)
     parts = [head, intro, *first, *results_section(state, summary, folder),
-             *([] if export else calibration_section(state, metrics, run_dir)), *data_section(state, dataset),
+             *([] if export else [*calibration_section(state, metrics, run_dir), *thresholds_section(state, metrics)]),
+             *data_section(state, dataset, metrics),
              *model_section(state), *history_section(history), *config_section(cfg, writer), *last, "## Files", "",
              *[f"- `{f}`" for f in files if f != CARD], ""]
     return "\n".join(parts)

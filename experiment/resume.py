@@ -26,7 +26,8 @@ class ResumeState:
 
     ``epoch``: completed epochs (the 0-based index of the epoch in progress); ``step``: batches done of that
     epoch (not 0 only after Ctrl-C mid-epoch); ``totals``: its running totals, None until it starts;
-    ``best``: the best validation result so far, dict(val_acc %, val_loss, epoch 1-based).
+    ``best``: the best validation result so far, dict(val_acc %, val_loss, epoch 1-based); for a task chosen on
+    another metric that metric's key instead of val_acc (multilabel: val_mAP %, experiment/tasks.py).
     """
     epoch: int = 0
     step: int = 0
@@ -49,12 +50,13 @@ class ResumeState:
             self.totals = EpochTotals()
         return self.totals
 
-    def record_best(self, epoch: int, val_acc: float, val_loss: float) -> bool:
-        """Keep epoch ``epoch`` (1-based) as the best when its top-1 is higher, or equal at a lower loss.
-        Returns whether it is the new best."""
-        improved = (val_acc, -val_loss) > (self.best["val_acc"], -self.best["val_loss"])
+    def record_best(self, epoch: int, val_acc: float, val_loss: float, key: str = "val_acc") -> bool:
+        """Keep epoch ``epoch`` (1-based) as the best when its score ``val_acc`` (top-1, or the task's selection
+        metric stored under ``key``, e.g. val_mAP) is higher, or equal at a lower loss. Returns whether it is
+        the new best."""
+        improved = (val_acc, -val_loss) > (self.best.get(key, -1.0), -self.best["val_loss"])
         if improved:
-            self.best = dict(val_acc=val_acc, val_loss=val_loss, epoch=epoch)
+            self.best = {key: val_acc, "val_loss": val_loss, "epoch": epoch}
         return improved
 
     def next_epoch(self) -> None:

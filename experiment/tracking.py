@@ -19,6 +19,7 @@ from pathlib import Path
 from experiment.checkpoint import write_atomic
 
 MODES = ("", "cloud", "local", "offline", "disabled")
+SWANLAB_STATES = ("success", "crashed", "aborted")  # what swanlab.finish accepts
 
 
 class Tracker:
@@ -134,10 +135,11 @@ class Tracker:
 
     def finish(self, state: str = "success", error: str | None = None) -> None:
         """Close the SwanLab run (``success``, ``aborted`` on Ctrl-C, ``crashed`` on an error, whose ``error``
-        message SwanLab shows)."""
+        message SwanLab shows). Another state, such as ``pruned`` (a sweep's pruner stopped the run), closes it
+        as ``aborted``, the nearest that SwanLab knows; the caller logs what stopped it (``summary/pruned_epoch``)."""
         if self.swanlab is not None:
             try:
-                self.swanlab.finish(state=state, error=error)
+                self.swanlab.finish(state=state if state in SWANLAB_STATES else "aborted", error=error)
             except Exception as err:
                 self._report("finish", err)
             self.swanlab = None

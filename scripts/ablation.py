@@ -1,7 +1,7 @@
 """Ablation of training levers: each row changes one thing against the baseline, every row runs with the same
 split, epochs and seeds, and the table gives the mean ± std over seeds with the bootstrap interval.
 
-    python scripts/ablation.py --name fsdd --base=--preset=fsdd --seeds=0,1,2
+    python scripts/ablation.py --name fsdd --base=--preset=fsdd --seeds=0,1,2 --threads=1 --jobs=2
     python scripts/ablation.py --name gtzan-mini --folds=5 --seeds=0,1,2 \
         --base="--data_root=../shared/gtzan-mini/genres_original --pretrained=False --resize=128 --num_epochs=30"
     python scripts/ablation.py --name fsdd --rows=baseline,vtlp,all --base=--preset=fsdd   # some rows only
@@ -22,6 +22,7 @@ import os
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,8 @@ LEVERS = {
     "reverb": ["--reverb_p=0.3"],
     "background": ["--background_p=0.3"],
     "band_gain": ["--band_gain_p=0.5"],
-    "ema": ["--ema_decay=0.99"],
+    "per_clip": ["--normalization=per_clip"],  # level invariance: each crop to zero mean, unit variance
+    "ema": ["--ema_decay=0.98"],  # averages about the last 50 steps, an epoch of FSDD
     "label_smoothing": ["--label_smoothing=0.1"],
     "balanced_sampler": ["--balanced_sampler=True"],
 }
@@ -58,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=0, help="K >= 2: K-fold cross-validation per run")
     p.add_argument("--out_dir", default="runs", help="parent of the ablation folder")
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each run (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (with --threads=1: one per core)")
     args = p.parse_args(argv)
     unknown = [r for r in args.rows.split(",") if r not in LEVERS]
     if unknown:
@@ -133,9 +136,8 @@ def main(argv=None) -> pd.DataFrame:
     parent = Path(args.out_dir) / f"ablation-{args.name}"
     parent.mkdir(parents=True, exist_ok=True)
     rows, seeds = args.rows.split(","), [int(s) for s in args.seeds.split(",")]
-    for row in rows:
-        for seed in seeds:
-            train(args, parent, row, seed)
+    with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait on them
+        list(pool.map(lambda job: train(args, parent, *job), [(row, seed) for row in rows for seed in seeds]))
     records, recalls = [], {}
     for row in rows:
         for seed in seeds:
