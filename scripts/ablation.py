@@ -49,6 +49,10 @@ LEVERS = {
     "balanced_sampler": ["--balanced_sampler=True"],
 }
 LEVERS["all"] = [arg for name, args in LEVERS.items() if name != "balanced_sampler" for arg in args]
+# Combinations measured as candidate defaults: the fsdd preset (level invariance + speaking rate) and
+# the music recipe (tempo, key and microphone/room EQ, the variation between two recordings of a genre).
+LEVERS["per_clip+time_stretch"] = LEVERS["per_clip"] + LEVERS["time_stretch"]
+LEVERS["time_stretch+pitch+band_gain"] = ["--time_stretch_p=0.5", "--pitch_shift_p=0.3", "--band_gain_p=0.5"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
