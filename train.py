@@ -79,19 +79,19 @@ from models import PretrainedWeightsError, backbone_record, build_model, resolve
 
 CONFIG = dict(
     # --- data ---
-    data_root="",                  # folder of <label>/<audio files> or a benchmark download; empty: ./GTZAN, or --csv_path's folder
+    data_root="",                  # <label>/<audio> folder or a benchmark download; empty: ./GTZAN or --csv_path's folder
     csv_path="audio_dataset.csv",  # the index (path,label[,group,fold,split]); rebuilt when it does not match data_root
     task="auto",                   # auto: multilabel when a label cell holds ';' | single_label | multilabel
     rebuild_index=False,           # rescan data_root even when csv_path matches it
-    split="tutorial",              # tutorial: per-label 80/20 train/val (the reference's) | stratified | fault_filtered | predefined (the index's split column)
+    split="tutorial",              # tutorial (per-label 80/20) | stratified | fault_filtered | predefined (the split column)
     val_size=0.2,                  # validation fraction (tutorial: of each label; stratified: of all tracks)
     test_size=0.1,                 # test fraction (split=stratified)
     split_seed=42,                 # random_state of the splits (the tutorial's 42)
-    group_pattern="",              # regex on the path, 1st capture group = group (speaker, artist); no group in two splits
-    folds=0,                       # 0: off | K >= 2: K-fold cross-validation (group-, label-stratified; the index's fold column when it has one) replaces split
+    group_pattern="",              # regex on the path, 1st capture group = group (speaker, artist); never in two splits
+    folds=0,                       # 0: off | K >= 2: K-fold CV (group-, label-stratified; the fold column if any)
     fold=-1,                       # -1: run the K folds one after another | i: fold i only (with experiment_name)
-    balanced_sampler=False,        # draw training clips class-balanced (WeightedRandomSampler: 1 / class count; multilabel: PSLA's sum over labels)
-    hf_dataset="",                 # Hugging Face dataset: Hub id or local copy, instead of data_root (split: predefined)
+    balanced_sampler=False,        # class-balanced draws (WeightedRandomSampler: 1 / class count; multilabel: PSLA's)
+    hf_dataset="",                 # Hugging Face dataset (Hub id or local copy) instead of data_root; split: predefined
     hf_config="",                  # its configuration (subset) name; empty: the default one
     hf_audio_column="",            # its audio column; empty: the one Audio column
     hf_label_column="",            # its label column; empty: the one ClassLabel column (its order gives the class ids)
@@ -104,20 +104,20 @@ CONFIG = dict(
     n_mels=128,                    # mel bands
     f_min=0.0,                     # lowest mel band edge, Hz
     f_max=0.0,                     # highest mel band edge, Hz (0: sample_rate / 2)
-    scale="db",                    # db: log-mel normalised with train-set statistics | power: the tutorial's raw power mel
+    scale="db",                    # db: log-mel normalised with train-set statistics | power: the tutorial's power mel
     top_db=80.0,                   # dynamic range kept below each track's maximum, dB (scale=db)
     clip_seconds=10.0,             # training crop (random position every epoch) and evaluation window, seconds
     eval_hop_seconds=5.0,          # hop between evaluation windows, seconds; logits are averaged over the track
     resize=224,                    # side of the square image fed to the CNN, pixels
-    features_on="device",          # device: images + augmentation built per batch on the training device | item: per item on CPU workers
+    features_on="device",          # device: images + augmentation per batch on the device | item: on CPU workers
     frontend="logmel",             # logmel | panns_logmel | kaldi_fbank | waveform; a pretrained --arch sets its own
-    input_layout="image",          # image: 3-channel resize x resize (ImageNet CNNs) | spectrogram | waveform; set by --arch
+    input_layout="image",          # image: 3 x resize x resize (ImageNet CNNs) | spectrogram | waveform; set by --arch
     normalization="auto",          # auto (train stats for dB log-mel, none for power) | train | fixed | none | per_clip
     norm_mean=0.0,                 # mean subtracted with normalization=fixed (AST: -4.2677393)
     norm_std=1.0,                  # std divided by with normalization=fixed (AST: 9.1379948)
     # --- augmentation (training only; each: a probability per clip and a strength; sources in augment/) ---
     augment=True,                  # master switch of everything below but mixup
-    speed_p=0.0,                   # speed perturbation (Ko et al. 2015): a crop from a cached copy at 1 -/+ speed_factor
+    speed_p=0.0,                   # speed perturbation (Ko et al. 2015): crops of cached copies at 1 -/+ speed_factor
     speed_factor=0.1,              # speed change of the two cached copies (Kaldi: 0.9 and 1.1)
     time_stretch_p=0.0,            # time stretch without pitch change (spectrogram frames resampled)
     time_stretch=0.2,              # largest rate change: rate ~ U(1 - x, 1 + x)
@@ -145,7 +145,7 @@ CONFIG = dict(
     gain_p=0.5,                    # probability of a gain change per clip
     mixup_alpha=0.2,               # mixup Beta(alpha, alpha) on images and labels; 0 disables
     # --- model ---
-    arch="resnet18",               # resnet18/50..., cnn14, ast, distilhubert... (models/registry.py) | hf:<model id/folder>
+    arch="resnet18",               # resnet18/50..., cnn14, ast, distilhubert... (models/registry.py) | hf:<id or folder>
     pretrained=True,               # start from the published weights (ImageNet, AudioSet...; downloaded once)
     weights="",                    # local weights file (ImageNet, CNN14) or Hugging Face folder; empty: download
     freeze_backbone=False,         # train only the new head (a linear probe; BatchNorm statistics kept)
@@ -157,14 +157,14 @@ CONFIG = dict(
     head_lr_multiplier=1.0,        # the new head's learning rate = learning_rate x this
     weight_decay=0.01,             # AdamW decoupled weight decay (0: plain Adam, as in the tutorial)
     label_smoothing=0.0,           # cross-entropy label smoothing (Szegedy et al. 2016; 0.1 is common)
-    ema_decay=0.0,                 # EMA of the weights (evaluated, chosen and saved); 0: off; 1/(1-decay) steps averaged
+    ema_decay=0.0,                 # EMA of the weights (evaluated, chosen, saved); 0: off; averages ~1/(1-decay) steps
     num_epochs=30,                 # epochs
     warmup_epochs=5,               # linear warmup: lr * (epoch + 1) / warmup_epochs for the first epochs
     lr_step_size=10,               # then StepLR: multiply by lr_gamma every lr_step_size epochs (0: constant)
     lr_gamma=0.1,                  # StepLR decay factor
-    lr_schedule="step",            # step: warmup_epochs + StepLR per epoch | cosine: warmup_ratio, then cosine to 0 per step
+    lr_schedule="step",            # step: warmup_epochs + StepLR per epoch | cosine: warmup_ratio, then cosine per step
     warmup_ratio=0.1,              # lr_schedule=cosine: fraction of the optimiser steps in linear warmup
-    early_stopping_patience=0,     # stop after this many epochs without the selection metric improving (val top-1; multilabel: val mAP) (0: off)
+    early_stopping_patience=0,     # epochs without the selection metric (val top-1; multilabel: mAP) improving; 0: off
     early_stopping_min_delta=0.0,  # improvement that counts, percentage points of that metric
     # --- system ---
     device="auto",                 # auto: cuda, else mps, else cpu; or e.g. cpu, cuda:1
@@ -172,7 +172,7 @@ CONFIG = dict(
     amp=True,                      # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)
     channels_last=True,            # channels_last memory format on CUDA
     compile=False,                 # torch.compile the model
-    dist_timeout=600.0,            # seconds a rank waits for the others (a dead or hung rank) before it stops with an error
+    dist_timeout=600.0,            # seconds a rank waits for the others (dead or hung) before it stops with an error
     sync_every=0,                  # micro-batches between loss read-backs (and Ctrl-C agreement); 0: 10 on CUDA, else 1
     seed=42,                       # everything random derives from it (and the epoch and step)
     cache_dir=".cache",            # spectrogram cache and the demo dataset
@@ -181,10 +181,10 @@ CONFIG = dict(
     # --- logging ---
     swanlab_project="",            # empty: "<dataset>-classification"
     experiment_name="",            # empty: built from arch, resize, learning rate, preset and time
-    swanlab_group="",              # SwanLab experiment group (sweep.py: the study); empty: none, K-fold: the folds' parent
+    swanlab_group="",              # SwanLab experiment group (sweep.py: the study); empty: none (K-fold: the parent)
     swanlab_mode="",               # empty: SwanLab's own (cloud if logged in) | cloud | local | offline | disabled
     swanlab_logdir="swanlog",      # where local/offline runs are written
-    confusion_every=5,             # log the validation confusion matrix (multilabel: per-class AP chart) every N epochs (and at the end); 0: end only
+    confusion_every=5,             # val confusion matrix (multilabel: per-class AP chart) every N epochs; 0: end only
     preset="",                     # set by --preset=NAME or --preset=DATA,RECIPE (applied in order)
 )
 
