@@ -194,6 +194,12 @@ def test_cv_summary_mean_std_and_pooled_confusion_equal_the_fold_reports(tmp_pat
     cv_main([str(d) for d in dirs] + [f"--out_dir={tmp_path / 'cv2'}"])
     assert format_summary(s) in capsys.readouterr().out
     assert f"top-1 {100 * s['top1_mean']:.1f} ± {100 * s['top1_std']:.1f}%" in format_summary(s)
+    # the pooled interval resamples the folds' tracks together: the same as bootstrapping their (true, pred) pairs
+    pairs = [(t, p) for t, row in enumerate(s["pooled_confusion"]) for p, count in enumerate(row) for _ in range(count)]
+    true, pred = np.array(pairs).T
+    assert s["pooled_top1_ci"] == pytest.approx(bootstrap_intervals(true, pred, 3)["top1_ci"])
+    assert s["pooled_top1_ci"][0] < s["pooled_top1"] < s["pooled_top1_ci"][1]
+    assert f"(95% CI {100 * s['pooled_top1_ci'][0]:.1f}" in format_summary(s)
 
 
 def test_cv_summary_refuses_a_missing_fold_or_other_labels(tmp_path):
