@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,7 @@ def summarize_folds(run_dirs, out_dir, split: str = "test") -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig = plot_confusion_matrix(pooled, names, f"{k}-fold cross-validation, pooled {split} confusion\n"
-                                f"{format_summary(summary)}")
+                                + textwrap.fill(format_summary(summary), 80))
     summary["png"] = str(out_dir / "confusion_matrix_cv.png")
     fig.savefig(summary["png"])
     close(fig)
