@@ -135,14 +135,21 @@ def save_report(run_dir, split: str, metrics: dict, label_names: list[str], titl
     fig = plot_confusion_matrix(metrics["confusion"], label_names, title)
     png = run_dir / f"confusion_matrix_{split}.png"
     fig.savefig(png)
-    path = run_dir / "metrics.json"
+    merge_metrics(run_dir, split, metrics, label_names, extra)
+    return png, fig
+
+
+def merge_metrics(run_dir: Path, split: str, metrics: dict, label_names: list[str], extra: dict | None = None) -> None:
+    """Set ``metrics.json``'s ``split`` entry in ``run_dir`` to ``metrics`` (without the text ``report``), the
+    label names and ``extra``, keeping the other splits' entries; written atomically. An unreadable or missing
+    file starts empty."""
+    path = Path(run_dir) / "metrics.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         data = {}
     data[split] = {k: v for k, v in metrics.items() if k != "report"} | {"label_names": label_names} | (extra or {})
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
-    return png, fig
 
 
 def close(fig) -> None:

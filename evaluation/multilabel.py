@@ -23,7 +23,6 @@ most (track, class) pairs (AST issue 128: "0.9 accuracy but 0.3-0.5 AP").
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -36,8 +35,7 @@ from sklearn.metrics import average_precision_score, f1_score, precision_recall_
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from evaluation.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE  # noqa: E402
-from experiment.checkpoint import write_atomic  # noqa: E402
+from evaluation.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, merge_metrics  # noqa: E402
 
 NO_LABEL = "none"  # the answer when no label reaches its threshold
 DEFAULT_THRESHOLD = 0.5  # the threshold of a class the val split cannot tune (no positive track there)
@@ -264,11 +262,5 @@ def save_multilabel_report(run_dir, split: str, metrics: dict, label_names: list
     fig = plot_average_precision(metrics, label_names, title)
     png = run_dir / f"average_precision_{split}.png"
     fig.savefig(png)
-    path = run_dir / "metrics.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    data[split] = {k: v for k, v in metrics.items() if k != "report"} | {"label_names": label_names} | (extra or {})
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
+    merge_metrics(run_dir, split, metrics, label_names, extra)
     return png, fig
