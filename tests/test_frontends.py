@@ -229,6 +229,20 @@ def test_normalisation_modes_values():
         build_features(dict(spec, normalization="global"))
 
 
+
+def test_per_clip_training_inputs_stay_unit_scale_when_a_crop_is_all_silence():
+    """With top_db a silent crop is exactly constant. Its augmentation noise used to be divided by the
+    un-augmented spread (sqrt(1e-7)): values in the thousands, BatchNorm statistics hundreds of times too large
+    in the EMA of the weights, and val at chance (FSDD, top_db=35)."""
+    x = torch.randn(2, 1, 16, 20) * 7 - 30
+    x[1] = -35.0  # a crop of pure silence, clamped at the floor
+    noise = SpectrogramAugment(time_mask=0, freq_mask=0, noise_std=1.0, noise_p=1.0, gain_p=0.0)
+    transform = build_features(dict(CFGS["panns_logmel"], normalization="per_clip"), augment=noise)[1].train()
+    out = transform(x)
+    torch.testing.assert_close(out.std((1, 2, 3), correction=0), torch.ones(2), atol=1e-4, rtol=0)
+    assert out.abs().max() < 10
+    assert torch.equal(transform.eval()(x)[1], torch.zeros(1, 16, 20))  # evaluation: silence is 0
+
 def test_normalisation_for_reads_the_training_features_only_when_it_needs_them():
     mels = [np.full((2, 3), 1.0, np.float32), np.full((2, 5), 3.0, np.float32)]
     expected = dict(zip(("mean", "std"), normalisation_stats(mels)))
