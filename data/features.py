@@ -71,11 +71,12 @@ class InputTransform(nn.Module):
     The augmentation reads the front end's ``units`` (augment/base.py: dB, natural log, power or waveform), so a
     gain or a background is the same sound change whatever the front end; it may make crops narrower
     (``time_stretch`` takes wider crops in, ``augment.input_frames``).
-    With ``per_clip`` each example's own mean is removed first, masks are filled with 0 (that mean), and the
-    result is divided by ``sqrt(var + 1e-7)`` of the augmented example (``mean``/``std`` are unused;
-    a power-scale random gain then scales around the clip's mean). Dividing by the un-augmented example's
-    spread instead blew up the noise of a crop that is all silence (with ``top_db``, exactly constant): values
-    in the thousands, whose BatchNorm statistics then poisoned the EMA of the weights.
+    With ``per_clip`` each example's own mean is removed first, masks are filled with 0 (that mean), and in
+    training the augmented example is normalised again by its own mean and ``sqrt(var + 1e-7)``, so that
+    what the network sees has zero mean and unit variance as at evaluation (``mean``/``std`` are unused; a
+    random gain, a level change, is normalised away). Dividing by the un-augmented example's spread instead
+    blew up a gain or noise on a crop that is all silence (with ``top_db``, exactly constant): values in the
+    thousands, whose BatchNorm statistics then poisoned the EMA of the weights.
 
     Input: float32 [C, F, T] (one item) or [B, C, F, T] (a batch), any device. Output: see subclasses.
     Raises ValueError for a non-finite ``mean`` or a non-positive ``std``.
@@ -110,10 +111,11 @@ class InputTransform(nn.Module):
         if self.per_clip:
             mean, std = per_clip_stats(x)
             x = x - mean
-            if augment is not None:
-                x = augment(x, mask_value=0.0)
-                std = per_clip_stats(x)[1]  # of the augmented crop: noise on a silent crop stays unit-scale
-            return x / std
+            if augment is None:
+                return x / std
+            x = augment(x, mask_value=0.0)
+            mean, std = per_clip_stats(x)  # the augmented crop's own: a gain or noise on silence stays unit-scale
+            return (x - mean) / std
         if augment is not None:
             x = augment(x, mask_value=self.mask_value(x))
         return (x - self.mean) / self.std

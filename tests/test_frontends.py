@@ -236,11 +236,12 @@ def test_per_clip_training_inputs_stay_unit_scale_when_a_crop_is_all_silence():
     in the EMA of the weights, and val at chance (FSDD, top_db=35)."""
     x = torch.randn(2, 1, 16, 20) * 7 - 30
     x[1] = -35.0  # a crop of pure silence, clamped at the floor
-    noise = SpectrogramAugment(time_mask=0, freq_mask=0, noise_std=1.0, noise_p=1.0, gain_p=0.0)
-    transform = build_features(dict(CFGS["panns_logmel"], normalization="per_clip"), augment=noise)[1].train()
-    out = transform(x)
-    torch.testing.assert_close(out.std((1, 2, 3), correction=0), torch.ones(2), atol=1e-4, rtol=0)
-    assert out.abs().max() < 10
+    for noise_p, gain_p in ((1.0, 0.0), (0.0, 1.0)):  # noise, or a level change, on silence
+        augment = SpectrogramAugment(time_mask=0, freq_mask=0, noise_std=1.0, noise_p=noise_p, gain_p=gain_p)
+        transform = build_features(dict(CFGS["panns_logmel"], normalization="per_clip"), augment=augment)[1].train()
+        out = transform(x)
+        assert out[0].std(correction=0) == pytest.approx(1.0, abs=1e-4) and out[0].mean().abs() < 1e-5
+        assert out[1].std(correction=0) <= 1.0 + 1e-4 and out[1].abs().max() < 10  # was ~1e4 (1 / sqrt(1e-7))
     assert torch.equal(transform.eval()(x)[1], torch.zeros(1, 16, 20))  # evaluation: silence is 0
 
 def test_normalisation_for_reads_the_training_features_only_when_it_needs_them():
@@ -294,6 +295,10 @@ def test_augmentation_fills_masks_with_the_normalised_zero_and_skips_waveforms()
         torch.manual_seed(0)
         out = transform(x)
         masked = (out == 0).all(dim=2)  # [B, 1, T]: whole masked frames are exactly 0 after normalising
+        if mode == "per_clip":  # filled with the clip's mean, then the crop is normalised again: one constant
+            masked = (out == out[:, :, :1]).all(dim=2)
+            fills = [out[b, 0, 0][masked[b, 0]] for b in range(len(out)) if masked[b].any()]
+            assert all(torch.allclose(f, f[0]) and f[0].abs() < 0.1 for f in fills)
         assert masked.any() and masked.sum() < masked.numel()
     noisy = SpectrogramAugment(time_mask=10, noise_std=1.0, noise_p=1.0, gain_p=1.0)
     wave = build_features(CFGS["waveform"], augment=noisy)[1]
