@@ -83,7 +83,7 @@ CONFIG = dict(
     csv_path="audio_dataset.csv",  # the index (path,label[,group,fold,split]); rebuilt when it does not match data_root
     task="auto",                   # auto: multilabel when a label cell holds ';' | single_label | multilabel
     rebuild_index=False,           # rescan data_root even when csv_path matches it
-    split="tutorial",              # tutorial (per-label 80/20) | stratified | fault_filtered | predefined (the split column)
+    split="tutorial",              # tutorial (per-label 80/20) | stratified | unseen_test | fault_filtered | predefined
     val_size=0.2,                  # validation fraction (tutorial: of each label; stratified: of all tracks)
     test_size=0.1,                 # test fraction (split=stratified)
     split_seed=42,                 # random_state of the splits (the tutorial's 42)

@@ -7,6 +7,9 @@ Splits (the ``split`` config key; :data:`SPLITS` is the registry, one entry per 
   This is the SwanLab tutorial's split (0.2, 42), with files sorted instead of in ``os.listdir`` order
   (which differs between file systems), so results are comparable with its 71.5% / 87.5%.
 * ``stratified``: stratified train/val/test with ``val_size`` and ``test_size`` (fractions of all tracks).
+* ``unseen_test``: test as ``stratified`` with groups (whole groups, never heard in training); val a stratified
+  ``val_size`` of the other groups' tracks, so every other group trains (:func:`split_unseen_test`). For data with
+  few groups (FSDD's five speakers), where a validation group would cost a quarter of the training groups.
 * ``fault_filtered``: the artist-filtered, fault-filtered GTZAN split of Kereliuk, Sturm & Larsen (2015),
   443/197/290 tracks, as shipped by ``torchaudio.datasets.gtzan`` (the standard protocol in MIR papers).
 * ``predefined``: the parts the index's ``split`` column names (``train``, ``val``, ``test``): a Hugging Face
@@ -41,6 +44,8 @@ one warning listing them. How each split treats groups (:attr:`SplitKind.groups`
   whole groups together and the label mix of each part close to the data's. Sizes are then approximate and in
   whole groups: test is one of ``round(1 / test_size)`` group folds and val one of
   ``round((1 - test_size) / val_size)`` folds of the rest (each at most the number of groups there, at least 2).
+* ``unseen_test`` ("test"): test shares no group with train or val; val shares train's groups, so its score is
+  optimistic and only chooses the checkpoint (and fits the temperature).
 * ``tutorial`` ("reject"): a DataError, since a per-label random split cannot keep groups apart: use
   ``split=stratified`` (or k-fold).
 * ``fault_filtered`` ("ignore"): groups are ignored with a warning; the published split is already
@@ -232,6 +237,36 @@ def split_stratified_groups(df: pd.DataFrame, val_size: float, test_size: float,
     return {"train": train, "val": val, "test": test}
 
 
+def split_unseen_test(df: pd.DataFrame, val_size: float = 0.1, test_size: float = 0.1, split_seed: int = 42,
+                      multilabel: bool = False) -> dict[str, pd.DataFrame]:
+    """Test = whole groups, fold 0 of ``StratifiedGroupKFold(round(1 / test_size))`` as in
+    :func:`split_stratified_groups`; val = fold 0 of ``round((1 - test_size) / val_size)`` label-stratified folds
+    of the other groups' *tracks* (each track on its own, same ``split_seed``); train = the rest. Every group but
+    the test's trains, and val holds tracks of the training groups: its score is optimistic (heard speakers) and
+    serves to choose the checkpoint; test is the honest number. ``multilabel``: iterative stratification.
+
+    Raises DataError for sizes outside (0, 1), fewer than 2 groups, or fewer than 3 tracks in a class."""
+    if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
+        raise DataError(f"val_size={val_size} and test_size={test_size} must be in (0, 1) with a sum below 1")
+    _check_classes(df, 3, "split=unseen_test", multilabel)
+    df = sort_tracks(df).reset_index(drop=True)
+    groups = df[GROUP] if GROUP in df.columns else df.path
+    n = groups.nunique()
+    if n < 2:
+        raise DataError(f"split=unseen_test needs at least 2 groups (the test's and the others) but the data has {n}: "
+                        "set group_pattern or a group column, or use --split=stratified.")
+    what = f"split=unseen_test with {n} groups"
+    rest, test = _group_fold(df, _n_folds(test_size, n), 0, split_seed, what, multilabel)
+    rest = sort_tracks(rest).reset_index(drop=True)
+    tracks = rest.drop(columns=GROUP, errors="ignore")  # val by track: every remaining group trains
+    train, val = _group_fold(tracks, _n_folds(val_size / (1 - test_size), len(tracks)), 0, split_seed, what,
+                             multilabel)
+    keep = rest.set_index("path")
+    restore = (lambda part: part.assign(**{GROUP: keep.loc[part.path, GROUP].to_numpy()})) if GROUP in rest else (
+        lambda part: part)
+    return {"train": restore(train), "val": restore(val), "test": test}
+
+
 def gtzan_id(path: str) -> str:
     """``.../jazz/jazz.00054.wav`` -> ``jazz.00054`` (the ids of the published GTZAN split lists)."""
     return os.path.splitext(os.path.basename(path))[0]
@@ -305,7 +340,8 @@ class SplitKind:
     """One entry of :data:`SPLITS`.
 
     ``parts``: the part names it makes. ``make(df, val_size, test_size, split_seed, multilabel)`` ->
-    {part: DataFrame}. ``groups``: how it treats a ``group`` column: "split" (no group in two parts), "reject"
+    {part: DataFrame}. ``groups``: how it treats a ``group`` column: "split" (no group in two parts), "test" (no
+    group in test and another part), "reject"
     (DataError), "ignore" (warned about by ``make``), "keep" (only recorded). ``multilabel``: whether it takes
     multi-label data.
     """
@@ -319,6 +355,7 @@ SPLITS = {
     "tutorial": SplitKind(("train", "val"), lambda df, val, test, seed, ml: split_tutorial(df, val, seed), "reject",
                           multilabel=False),
     "stratified": SplitKind(("train", "val", "test"), split_stratified, "split"),
+    "unseen_test": SplitKind(("train", "val", "test"), split_unseen_test, "test"),
     "fault_filtered": SplitKind(("train", "val", "test"), lambda df, val, test, seed, ml: split_fault_filtered(df),
                                 "ignore"),
     "predefined": SplitKind(PREDEFINED_PARTS, lambda df, val, test, seed, ml: split_predefined(df, val, seed, ml),

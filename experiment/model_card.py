@@ -35,12 +35,15 @@ SPLIT_PROTOCOLS = {
     "stratified+groups": "stratified train/val/test split by group (scikit-learn StratifiedGroupKFold, val_size="
                          "{val_size}, test_size={test_size}, random_state={split_seed}); the checkpoint is chosen on "
                          "val, test is held out",
-    "predefined": "the data's own train/val/test split (the index's `split` column, e.g. FSD50K's dev train/val "
-                  "and eval as test); the checkpoint is chosen on val, test is held out",
+    "unseen_test+groups": "test = whole groups never heard in training (scikit-learn StratifiedGroupKFold, "
+                          "test_size={test_size}); val = a label-stratified val_size={val_size} of the other "
+                          "groups' tracks, so val is optimistic; random_state={split_seed}; the checkpoint is "
+                          "chosen on val, test is held out",
     "fault_filtered": "the artist-filtered, fault-filtered GTZAN split of Kereliuk, Sturm & Larsen (2015) "
                       "(443/197/290 tracks); the checkpoint is chosen on val, test is held out",
-    "predefined": "the data's own train/validation/test splits (a val part missing from the data is drawn from "
-                  "train: val_size={val_size}, random_state={split_seed}); the checkpoint is chosen on val",
+    "predefined": "the data's own train/validation/test splits (the index's `split` column, e.g. FSD50K's dev "
+                  "train/val and eval as test; a val part missing from the data is drawn from train: "
+                  "val_size={val_size}, random_state={split_seed}); the checkpoint is chosen on val",
 }
 # front end -> (what the card's first line says the network reads, its Hub tags)
 INPUTS = {"logmel": ("log-mel spectrogram images", ["log-mel", "spectrogram"]),

@@ -120,6 +120,21 @@ def test_group_aware_stratified_split_and_what_other_splits_do_with_groups():
     assert set(make_splits(df, "all")["all"].path) == set(df.path)
 
 
+def test_unseen_test_keeps_the_test_groups_apart_and_trains_every_other_group():
+    df = grouped()
+    parts = make_splits(df, "unseen_test", val_size=0.2, test_size=0.2, split_seed=3)
+    stratified = make_splits(df, "stratified", val_size=0.2, test_size=0.2, split_seed=3)
+    assert list(parts["test"].path) == list(stratified["test"].path)  # the same unseen groups
+    sets = groups_of(parts)
+    assert not sets["test"] & (sets["train"] | sets["val"])
+    assert sets["train"] == set(df[GROUP]) - sets["test"] and sets["val"] <= sets["train"]
+    assert sum(len(p) for p in parts.values()) == len(df)
+    assert len(parts["val"]) == 72 // 4  # one of round(0.8 / 0.2) = 4 folds of the 72 tracks of 9 other groups
+    assert set(parts["val"].label.value_counts()) <= {4, 5}  # stratified by label
+    with pytest.raises(DataError, match="at least 2 groups"):
+        make_splits(grouped(groups=1, per_group=4), "unseen_test")
+
+
 # ---------------------------------------------------------------- k-fold cross-validation
 
 @pytest.mark.parametrize("with_groups", [True, False])
