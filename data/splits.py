@@ -165,6 +165,12 @@ def split_tutorial(df: pd.DataFrame, val_size: float = 0.2, split_seed: int = 42
     return {"train": pd.concat(train), "val": pd.concat(val)}
 
 
+def _check_sizes(val_size: float, test_size: float) -> None:
+    """Refuse val/test fractions outside (0, 1) or summing to 1 or more (DataError)."""
+    if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
+        raise DataError(f"val_size={val_size} and test_size={test_size} must be in (0, 1) with a sum below 1")
+
+
 def split_stratified(df: pd.DataFrame, val_size: float = 0.1, test_size: float = 0.1,
                      split_seed: int = 42, multilabel: bool = False) -> dict[str, pd.DataFrame]:
     """Stratified train/val/test; ``val_size`` and ``test_size`` are fractions of all tracks. With a ``group``
@@ -173,8 +179,7 @@ def split_stratified(df: pd.DataFrame, val_size: float = 0.1, test_size: float =
 
     Raises DataError for sizes outside (0, 1), fewer than 3 tracks in a class, or a held-out part smaller
     than the number of classes."""
-    if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
-        raise DataError(f"val_size={val_size} and test_size={test_size} must be in (0, 1) with a sum below 1")
+    _check_sizes(val_size, test_size)
     _check_classes(df, 3, "the stratified split", multilabel)
     df = sort_tracks(df)
     if GROUP in df.columns or multilabel:
@@ -246,8 +251,7 @@ def split_unseen_test(df: pd.DataFrame, val_size: float = 0.1, test_size: float 
     serves to choose the checkpoint; test is the honest number. ``multilabel``: iterative stratification.
 
     Raises DataError for sizes outside (0, 1), fewer than 2 groups, or fewer than 3 tracks in a class."""
-    if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
-        raise DataError(f"val_size={val_size} and test_size={test_size} must be in (0, 1) with a sum below 1")
+    _check_sizes(val_size, test_size)
     _check_classes(df, 3, "split=unseen_test", multilabel)
     df = sort_tracks(df).reset_index(drop=True)
     groups = df[GROUP] if GROUP in df.columns else df.path
@@ -257,14 +261,12 @@ def split_unseen_test(df: pd.DataFrame, val_size: float = 0.1, test_size: float 
                         "set group_pattern or a group column, or use --split=stratified.")
     what = f"split=unseen_test with {n} groups"
     rest, test = _group_fold(df, _n_folds(test_size, n), 0, split_seed, what, multilabel)
-    rest = sort_tracks(rest).reset_index(drop=True)
     tracks = rest.drop(columns=GROUP, errors="ignore")  # val by track: every remaining group trains
     train, val = _group_fold(tracks, _n_folds(val_size / (1 - test_size), len(tracks)), 0, split_seed, what,
                              multilabel)
-    keep = rest.set_index("path")
-    restore = (lambda part: part.assign(**{GROUP: keep.loc[part.path, GROUP].to_numpy()})) if GROUP in rest else (
-        lambda part: part)
-    return {"train": restore(train), "val": restore(val), "test": test}
+    if GROUP in rest.columns:  # the groups back on the tracks, for the split record
+        train, val = (part.merge(rest[["path", GROUP]], on="path", how="left") for part in (train, val))
+    return {"train": train, "val": val, "test": test}
 
 
 def gtzan_id(path: str) -> str:

@@ -229,7 +229,6 @@ def test_normalisation_modes_values():
         build_features(dict(spec, normalization="global"))
 
 
-
 def test_per_clip_training_inputs_stay_unit_scale_when_a_crop_is_all_silence():
     """With top_db a silent crop is exactly constant. Its augmentation noise used to be divided by the
     un-augmented spread (sqrt(1e-7)): values in the thousands, BatchNorm statistics hundreds of times too large
@@ -243,6 +242,7 @@ def test_per_clip_training_inputs_stay_unit_scale_when_a_crop_is_all_silence():
         assert out[0].std(correction=0) == pytest.approx(1.0, abs=1e-4) and out[0].mean().abs() < 1e-5
         assert out[1].std(correction=0) <= 1.0 + 1e-4 and out[1].abs().max() < 10  # was ~1e4 (1 / sqrt(1e-7))
     assert torch.equal(transform.eval()(x)[1], torch.zeros(1, 16, 20))  # evaluation: silence is 0
+
 
 def test_normalisation_for_reads_the_training_features_only_when_it_needs_them():
     mels = [np.full((2, 3), 1.0, np.float32), np.full((2, 5), 3.0, np.float32)]
