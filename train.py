@@ -112,7 +112,7 @@ CONFIG = dict(
     features_on="device",          # device: images + augmentation per batch on the device | item: on CPU workers
     frontend="logmel",             # logmel | panns_logmel | kaldi_fbank | waveform; a pretrained --arch sets its own
     input_layout="image",          # image: 3 x resize x resize (ImageNet CNNs) | spectrogram | waveform; set by --arch
-    normalization="auto",          # auto (train stats for dB log-mel, none for power) | train | fixed | none | per_clip
+    normalization="auto",          # auto (dB: train stats; power: none) | train | fixed | none | per_clip | per_band
     norm_mean=0.0,                 # mean subtracted with normalization=fixed (AST: -4.2677393)
     norm_std=1.0,                  # std divided by with normalization=fixed (AST: 9.1379948)
     # --- augmentation (training only; each: a probability per clip and a strength; sources in augment/) ---

@@ -19,7 +19,9 @@ Config keys (read with ``cfg.get`` so the configs of older checkpoints keep thei
   ``bn0`` normalises) and for waveforms), ``"train"`` (training-split mean and
   std), ``"fixed"`` (``norm_mean``, ``norm_std``; AST: -4.2677393 and 4.5689974 * 2), ``"none"``,
   ``"per_clip"`` (each crop or window to zero mean and unit variance, as Wav2Vec2FeatureExtractor's
-  ``do_normalize``). :func:`normalisation_for` gives a run's statistics.
+  ``do_normalize``), ``"per_band"`` (each mel band of a crop or window to zero mean over its frames, cepstral
+  mean normalisation as Kaldi's ``apply-cmvn`` does by default, then the crop to unit variance: a microphone's
+  or a voice's fixed spectral tilt is removed). :func:`normalisation_for` gives a run's statistics.
 
 Two log-mel recipes (``scale``) for the default front end:
 * ``"db"`` (default): log-mel in dB (AmplitudeToDB, ``top_db`` relative to the track's maximum), normalised
@@ -42,9 +44,9 @@ from experiment.config import ConfigError
 __all__ = ["FRONTENDS", "LAYOUTS", "NORMALIZATIONS", "SCALES", "InputTransform", "KaldiFbank", "LogMel", "MelImage",
            "PannsLogMel", "SpectrogramInput", "Waveform", "WaveformInput", "build_features", "build_frontend",
            "build_input_transform", "normalisation_for", "normalisation_stats", "normalization_mode",
-           "per_clip_stats", "window_frames"]
+           "per_band_stats", "per_clip_stats", "window_frames"]
 
-NORMALIZATIONS = ("auto", "train", "fixed", "none", "per_clip")
+NORMALIZATIONS = ("auto", "train", "fixed", "none", "per_clip", "per_band")
 MASK_FILLS = ("mean", "bin_mean")  # a front end's ``mask_fill``: see InputTransform
 # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm: (x - mean) / sqrt(var + 1e-7), population variance.
 PER_CLIP_EPS = 1e-7
@@ -59,6 +61,22 @@ def per_clip_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.sqrt(x.var(dims, correction=0, keepdim=True) + PER_CLIP_EPS)
 
 
+def per_band_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each band's mean over the frames of each example of a batch [B, C, F, T], and the spread of the whole
+    example once those means are removed (``sqrt(var + 1e-7)``, population variance).
+
+    Cepstral mean normalisation (Kaldi's ``apply-cmvn``, whose default ``--norm-vars=false`` removes means only)
+    on the log-mel: a fixed gain per band, a microphone's or a vocal tract's spectral tilt, becomes 0. The spread
+    stays one number per example, so a quiet band is not blown up to unit variance.
+    Returns float tensors [B, C, F, 1] (mean) and [B, 1, 1, 1] (spread) that broadcast against ``x``."""
+    mean = x.mean(-1, keepdim=True)
+    return mean, per_clip_stats(x - mean)[1]
+
+
+# normalization -> the statistics each example is normalised with by its own values (one entry per mode).
+PER_EXAMPLE = {"per_clip": per_clip_stats, "per_band": per_band_stats}
+
+
 class InputTransform(nn.Module):
     """Crops or windows -> model input: augmentation (training mode only), normalisation, then the layout's
     shaping (:meth:`finish`; the identity here).
@@ -71,33 +89,38 @@ class InputTransform(nn.Module):
     The augmentation reads the front end's ``units`` (augment/base.py: dB, natural log, power or waveform), so a
     gain or a background is the same sound change whatever the front end; it may make crops narrower
     (``time_stretch`` takes wider crops in, ``augment.input_frames``).
-    With ``per_clip`` each example's own mean is removed first, masks are filled with 0 (that mean), and in
-    training the augmented example is normalised again by its own mean and ``sqrt(var + 1e-7)``, so that
-    what the network sees has zero mean and unit variance as at evaluation (``mean``/``std`` are unused; a
-    random gain, a level change, is normalised away). Dividing by the un-augmented example's spread instead
-    blew up a gain or noise on a crop that is all silence (with ``top_db``, exactly constant): values in the
-    thousands, whose BatchNorm statistics then poisoned the EMA of the weights.
+    With ``per_example`` (a key of ``PER_EXAMPLE``: ``per_clip`` or ``per_band``) each example's own mean (per
+    band for ``per_band``) is removed first, masks are filled with 0 (that mean), and in training the augmented
+    example is normalised again by its own statistics, so that what the network sees has zero mean and unit
+    variance as at evaluation (``mean``/``std`` are unused; a random gain, a level change, is normalised away).
+    Dividing by the un-augmented example's spread instead blew up a gain or noise on a crop that is all silence
+    (with ``top_db``, exactly constant): values in the thousands, whose BatchNorm statistics then poisoned the
+    EMA of the weights.
 
     Input: float32 [C, F, T] (one item) or [B, C, F, T] (a batch), any device. Output: see subclasses.
-    Raises ValueError for a non-finite ``mean`` or a non-positive ``std``.
+    Raises ValueError for a non-finite ``mean``, a non-positive ``std`` or an unknown ``per_example``.
     """
 
     frontends = ("logmel", "panns_logmel", "kaldi_fbank")  # the front ends whose output this layout takes
+    has_bands = True  # its input has frequency bands (normalization=per_band needs them)
 
-    def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False,
-                 mask_fill: str = "mean"):
+    def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0,
+                 per_example: str = "", mask_fill: str = "mean"):
         super().__init__()
         if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
             raise ValueError(f"normalisation needs a finite mean and a positive std, got mean={mean}, std={std}")
         if mask_fill not in MASK_FILLS:
             raise ValueError(f"mask_fill={mask_fill!r}: choose one of {MASK_FILLS}")
-        self.augment, self.mean, self.std, self.per_clip = augment, float(mean), float(std), bool(per_clip)
+        if per_example and per_example not in PER_EXAMPLE:
+            raise ValueError(f"per_example={per_example!r}: choose one of {tuple(PER_EXAMPLE)} or ''")
+        self.augment, self.mean, self.std = augment, float(mean), float(std)
+        self.example_stats = PER_EXAMPLE.get(per_example)
         self.mask_fill = mask_fill
 
     @classmethod
     def from_config(cls, cfg: dict, augment: nn.Module | None, mean: float, std: float,
-                    per_clip: bool, mask_fill: str = "mean") -> "InputTransform":
-        return cls(augment, mean, std, per_clip, mask_fill)
+                    per_example: str, mask_fill: str = "mean") -> "InputTransform":
+        return cls(augment, mean, std, per_example, mask_fill)
 
     def mask_value(self, x: torch.Tensor) -> float | torch.Tensor:
         """What SpecAugment masks of the batch ``x`` [B, C, F, T] are filled with, before normalising."""
@@ -108,13 +131,13 @@ class InputTransform(nn.Module):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Augment (training mode) and normalise a batch [B, C, F, T]."""
         augment = self.augment if self.training else None
-        if self.per_clip:
-            mean, std = per_clip_stats(x)
+        if self.example_stats is not None:
+            mean, std = self.example_stats(x)
             x = x - mean
             if augment is None:
                 return x / std
             x = augment(x, mask_value=0.0)
-            mean, std = per_clip_stats(x)  # the augmented crop's own: a gain or noise on silence stays unit-scale
+            mean, std = self.example_stats(x)  # the augmented crop's own: noise on silence stays unit-scale
             return (x - mean) / std
         if augment is not None:
             x = augment(x, mask_value=self.mask_value(x))
@@ -144,15 +167,15 @@ class MelImage(InputTransform):
     """
 
     def __init__(self, resize: int, scale: str = "db", augment: nn.Module | None = None,
-                 mean: float = 0.0, std: float = 1.0, per_clip: bool = False, mask_fill: str = "mean"):
+                 mean: float = 0.0, std: float = 1.0, per_example: str = "", mask_fill: str = "mean"):
         if scale not in SCALES:
             raise ValueError(f"scale={scale!r}: choose one of {SCALES}")
-        super().__init__(augment, mean, std, per_clip, mask_fill)
+        super().__init__(augment, mean, std, per_example, mask_fill)
         self.resize, self.scale = int(resize), scale
 
     @classmethod
-    def from_config(cls, cfg, augment, mean, std, per_clip, mask_fill="mean") -> "MelImage":
-        return cls(cfg["resize"], cfg["scale"], augment, mean, std, per_clip, mask_fill)
+    def from_config(cls, cfg, augment, mean, std, per_example, mask_fill="mean") -> "MelImage":
+        return cls(cfg["resize"], cfg["scale"], augment, mean, std, per_example, mask_fill)
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         size = (self.resize, self.resize)
@@ -183,10 +206,11 @@ class WaveformInput(InputTransform):
     """
 
     frontends = ("waveform",)
+    has_bands = False
 
-    def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0, per_clip: bool = False,
-                 mask_fill: str = "mean"):
-        super().__init__(augment if getattr(augment, "units", None) == "wave" else None, mean, std, per_clip,
+    def __init__(self, augment: nn.Module | None = None, mean: float = 0.0, std: float = 1.0,
+                 per_example: str = "", mask_fill: str = "mean"):
+        super().__init__(augment if getattr(augment, "units", None) == "wave" else None, mean, std, per_example,
                          mask_fill)
 
 
@@ -214,8 +238,8 @@ def normalisation_stats(mels) -> tuple[float, float]:
 
 
 def normalization_mode(cfg: dict, frontend: nn.Module | None = None) -> str:
-    """The run's normalisation: ``train``, ``fixed``, ``none`` or ``per_clip`` (``auto`` resolved through the
-    front end, built from ``cfg`` when not given). Raises ConfigError for an unknown ``normalization``."""
+    """The run's normalisation: ``train``, ``fixed``, ``none``, ``per_clip`` or ``per_band`` (``auto`` resolved
+    through the front end, built from ``cfg`` when not given). Raises ConfigError for an unknown ``normalization``."""
     mode = cfg.get("normalization", "auto")
     if mode not in NORMALIZATIONS:
         raise ConfigError(f"--normalization={mode}: choose one of {', '.join(NORMALIZATIONS)}")
@@ -238,8 +262,8 @@ def normalisation_for(cfg: dict, spectrograms=(), frontend: nn.Module | None = N
 
     ``spectrograms`` (an iterable of the training split's cached features, e.g. a generator over
     ``cache.get``) is iterated only for ``normalization="train"`` (or ``auto`` resolving to it). ``fixed``
-    gives (``norm_mean``, ``norm_std``); ``none`` and ``per_clip`` give (0.0, 1.0), which the input transform
-    does not use. Raises ConfigError (bad ``normalization`` or fixed statistics) or ValueError (no training
+    gives (``norm_mean``, ``norm_std``); ``none``, ``per_clip`` and ``per_band`` give (0.0, 1.0), which the input
+    transform does not use. Raises ConfigError (bad ``normalization`` or fixed statistics) or ValueError (no training
     spectrogram).
     """
     mode = normalization_mode(cfg, frontend)
@@ -257,8 +281,9 @@ def build_input_transform(cfg: dict, frontend: nn.Module, mean: float = 0.0, std
     """The input transform of ``cfg["input_layout"]`` (default ``image``) for ``frontend``.
 
     ``mean``/``std`` are used for ``normalization="train"`` (and ``auto`` resolving to it); ``fixed`` takes
-    ``norm_mean``/``norm_std`` from ``cfg``; ``none`` and ``per_clip`` ignore them.
-    Raises ConfigError for an unknown layout, a layout the front end cannot feed, or a bad normalisation.
+    ``norm_mean``/``norm_std`` from ``cfg``; ``none``, ``per_clip`` and ``per_band`` ignore them.
+    Raises ConfigError for an unknown layout, a layout the front end cannot feed, or a bad normalisation
+    (``per_band`` on a waveform).
     """
     layout = cfg.get("input_layout", "image")
     if layout not in LAYOUTS:
@@ -268,11 +293,14 @@ def build_input_transform(cfg: dict, frontend: nn.Module, mean: float = 0.0, std
         raise ConfigError(f"--input_layout={layout} cannot take the {frontend.name} front end; it takes "
                           f"{', '.join(cls.frontends)} (choose the backbone's layout, or leave both to --arch)")
     mode = normalization_mode(cfg, frontend)
+    if mode == "per_band" and not cls.has_bands:
+        raise ConfigError(f"--normalization=per_band needs frequency bands; --input_layout={layout} has none "
+                          f"(use --normalization=per_clip)")
     if mode == "fixed":
         mean, std = _fixed_stats(cfg)
     elif mode != "train":
         mean, std = 0.0, 1.0
-    return cls.from_config(cfg, augment, mean, std, mode == "per_clip", frontend.mask_fill)
+    return cls.from_config(cfg, augment, mean, std, mode if mode in PER_EXAMPLE else "", frontend.mask_fill)
 
 
 def build_features(cfg: dict, mean: float = 0.0, std: float = 1.0, augment: nn.Module | None = None

@@ -229,6 +229,22 @@ def test_normalisation_modes_values():
         build_features(dict(spec, normalization="global"))
 
 
+def test_per_band_normalisation_removes_a_fixed_spectral_tilt():
+    """Cepstral mean normalisation: each band to zero mean over the frames, the crop to unit variance; a fixed
+    gain per band (a microphone's EQ, a voice's tilt: +0 to +12 dB across the bands) changes nothing."""
+    x = torch.randn(3, 1, 16, 20) * 7 - 30
+    tilt = torch.linspace(0.0, 12.0, 16).view(1, 1, 16, 1)
+    transform = build_features(dict(CFGS["panns_logmel"], normalization="per_band"), -30.0, 7.0)[1].eval()
+    out = transform(x)
+    torch.testing.assert_close(out.mean(-1), torch.zeros(3, 1, 16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std((1, 2, 3), correction=0), torch.ones(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(transform(x + tilt), out, atol=1e-5, rtol=0)
+    per_clip = build_features(dict(CFGS["panns_logmel"], normalization="per_clip"))[1].eval()
+    assert (per_clip(x + tilt) - per_clip(x)).abs().max() > 0.1  # per clip, the tilt stays
+    with pytest.raises(ConfigError, match="per_band needs frequency bands"):
+        build_features(dict(CFGS["waveform"], normalization="per_band"))
+
+
 def test_per_clip_training_inputs_stay_unit_scale_when_a_crop_is_all_silence():
     """With top_db a silent crop is exactly constant. Its augmentation noise used to be divided by the
     un-augmented spread (sqrt(1e-7)): values in the thousands, BatchNorm statistics hundreds of times too large
