@@ -64,6 +64,11 @@ LEVERS["time_stretch+pitch+band_gain"] = ["--time_stretch_p=0.5", "--pitch_shift
 # the preset's 8: more augmentation did not add up on three training speakers; README, Generalising).
 LEVERS["fsdd_recipe"] = ["--normalization=per_clip", "--time_stretch_p=0.5", "--vtlp_p=0.5", "--pitch_shift_p=0.5",
                          "--band_gain_p=0.5", "--speed_p=0.67", "--num_epochs=12", "--lr_step_size=8"]
+# Strong random equalisation, the fsdd preset's since it was measured (FilterAugment's own range is +/-6 dB; at 12 dB
+# and p 0.8 every training crop is coloured as another microphone and voice might): run on
+# --base="--preset=fsdd --band_gain_p=0", with 12 epochs as the other way to spend the same lever's gain.
+LEVERS["band_gain_12db"] = ["--band_gain_p=0.8", "--band_gain_db=12"]
+LEVERS["epochs12"] = ["--num_epochs=12", "--lr_step_size=8"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -166,6 +171,9 @@ def main(argv=None) -> pd.DataFrame:
             res = result(run_folder(parent, row, seed), args.folds)
             recalls.setdefault(row, []).append(res.pop("recall"))
             records.append(dict(row=row, seed=seed, **res))
+    if not records:
+        sys.exit(f"no finished run in {parent} for rows {', '.join(rows)} and seeds {args.seeds} "
+                 f"(run them with --jobs=1 or more)")
     frame = pd.DataFrame(records)
     per_class = pd.DataFrame({row: pd.concat(r, axis=1).mean(axis=1) for row, r in recalls.items()}).T
     write_atomic(parent / "ablation.csv", lambda p: frame.to_csv(p, index=False))
