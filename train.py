@@ -204,7 +204,7 @@ PRESETS = {
     # Spoken digits, speaker split (test: jackson, never heard). Per-clip normalisation (the speakers' levels
     # differ by 18 dB), time stretch (speaking rate), an EMA of the weights and strong random equalisation (band
     # gains of +/-12 dB at p 0.8: each speaker's microphone and voice colour the bands differently): 87.2 +/- 0.7%
-    # test top-1 over seeds 0-2 (95% CI 84.3-90.1), 4 min a run on 2 cores; 83.8 +/- 1.7% without the band gains,
+    # test top-1 over seeds 0-2 (95% CI 84.3-90.1), 2 min a run on 2 cores; 83.8 +/- 1.7% without the band gains,
     # 75.7 +/- 1.2% without any of them (README, Generalising: the ablation).
     "fsdd": dict(data_root="../shared/fsdd", csv_path=".cache/fsdd_dataset.csv", split="stratified",
                  group_pattern=r"_([a-z]+)_\d+\.wav$", sample_rate=8000, n_fft=256,
