@@ -195,6 +195,11 @@ def split_stratified(df: pd.DataFrame, val_size: float = 0.1, test_size: float =
     return {"train": train, "val": val, "test": test}
 
 
+def _track_groups(df: pd.DataFrame) -> pd.Series:
+    """The group of each track: its ``group`` column, else its path (each track its own group)."""
+    return df[GROUP] if GROUP in df.columns else df.path
+
+
 def _n_folds(fraction: float, groups: int) -> int:
     """Folds whose one fold holds about ``fraction`` of the tracks: ``round(1 / fraction)`` in [2, groups]."""
     return int(min(max(2, round(1 / fraction)), groups))
@@ -205,7 +210,7 @@ def _group_fold(df: pd.DataFrame, n_splits: int, fold: int, split_seed: int, wha
     random_state=split_seed)`` over ``df`` (its ``group`` column, else each track its own group), stratified by
     label; for ``multilabel`` label cells, fold ``fold`` of :func:`data.stratify.iterative_folds` (same seed).
     ``df`` must be sorted (label, path) with a fresh index, so the result does not depend on row order."""
-    groups = df[GROUP] if GROUP in df.columns else df.path
+    groups = _track_groups(df)
     if multilabel:
         folds = iterative_folds(multi_hot(list(df.label), label_names(df.label, True)), groups, n_splits, split_seed)
         rest, held = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
@@ -228,7 +233,7 @@ def split_stratified_groups(df: pd.DataFrame, val_size: float, test_size: float,
     rest: no group is in two parts and sizes are in whole groups. ``multilabel``: iterative stratification
     instead of ``StratifiedGroupKFold`` (:func:`_group_fold`). Raises DataError for fewer than 3 groups.
     """
-    groups = df[GROUP] if GROUP in df.columns else df.path
+    groups = _track_groups(df)
     n = groups.nunique()
     if n < 3:
         raise DataError(f"split=stratified with groups needs at least 3 groups (one each for train, val and test) "
@@ -236,7 +241,7 @@ def split_stratified_groups(df: pd.DataFrame, val_size: float, test_size: float,
                         "groups, or no groups.")
     what = f"split=stratified with {n} groups"
     rest, test = _group_fold(df, _n_folds(test_size, n), 0, split_seed, what, multilabel)
-    rest_groups = (rest[GROUP] if GROUP in rest.columns else rest.path).nunique()
+    rest_groups = _track_groups(rest).nunique()
     train, val = _group_fold(rest, _n_folds(val_size / (1 - test_size), rest_groups), 0, split_seed, what,
                              multilabel)
     return {"train": train, "val": val, "test": test}
@@ -254,7 +259,7 @@ def split_unseen_test(df: pd.DataFrame, val_size: float = 0.1, test_size: float 
     _check_sizes(val_size, test_size)
     _check_classes(df, 3, "split=unseen_test", multilabel)
     df = sort_tracks(df).reset_index(drop=True)
-    groups = df[GROUP] if GROUP in df.columns else df.path
+    groups = _track_groups(df)
     n = groups.nunique()
     if n < 2:
         raise DataError(f"split=unseen_test needs at least 2 groups (the test's and the others) but the data has {n}: "
@@ -329,7 +334,7 @@ def split_predefined(df: pd.DataFrame, val_size: float = 0.2, split_seed: int = 
                         f"{sorted(set(df[SPLIT]))})")
     if parts["val"].empty:
         train = sort_tracks(parts["train"])
-        groups = (train[GROUP] if GROUP in train.columns else train.path).nunique()
+        groups = _track_groups(train).nunique()
         parts["train"], parts["val"] = _group_fold(train, _n_folds(val_size, groups), 0, split_seed,
                                                    "split=predefined (val drawn from train)", multilabel)
         print(f"split=predefined: the data has no val part; val = {len(parts['val'])} of its {len(train)} train "
@@ -437,12 +442,12 @@ def make_folds(df: pd.DataFrame, folds: int, fold: int, val_size: float = 0.2,
         rest, test = df[~held].reset_index(drop=True), df[held].reset_index(drop=True)
         what += f" (predefined: test is the '{FOLD}' value {predefined[fold]})"
     else:
-        groups = (df[GROUP] if GROUP in df.columns else df.path).nunique()
+        groups = _track_groups(df).nunique()
         if groups < folds:
             raise DataError(f"{folds}-fold cross-validation needs at least {folds} groups, but the data has {groups}. "
                             "Use fewer folds.")
         rest, test = _group_fold(df, folds, fold, split_seed, what, multilabel)
-    rest_groups = (rest[GROUP] if GROUP in rest.columns else rest.path).nunique()
+    rest_groups = _track_groups(rest).nunique()
     if rest_groups < 2:
         raise DataError(f"{what}: the other folds hold {rest_groups} group, but train and val need one each. "
                         "Use data with more groups.")
